@@ -1,0 +1,21 @@
+// DualVoxelBoundary functor, shared by the CPU kernel and the CUDA kernel.
+#ifndef VOX_TF_DUAL_VOXEL_BOUNDARY_H_
+#define VOX_TF_DUAL_VOXEL_BOUNDARY_H_
+
+#include <cstdint>
+
+namespace vox_tf {
+
+enum DualVoxelLabel : int8_t { kOutside = 0, kInside = 1, kOuterBoundary = 2, kInnerBoundary = 3 };
+
+// Fills labels [nx, ny, nz] (row-major, z fastest) and counts [4] from occupancy and mask.
+// Every pointer lives in the Device's memory.
+template <typename Device>
+struct DualVoxelBoundaryFunctor {
+  void operator()(const Device& device, const bool* occupancy, const bool* mask, int64_t nx,
+                  int64_t ny, int64_t nz, int8_t* labels, int64_t* counts);
+};
+
+}  // namespace vox_tf
+
+#endif  // VOX_TF_DUAL_VOXEL_BOUNDARY_H_
