@@ -183,8 +183,9 @@ def _check_off_header(path, size):
         raise MeshError(path, "malformed OFF header (expected 'OFF' then vertex and face counts)")
     n_vertices, n_faces = int(counts[0]), int(counts[1])
     if n_vertices * _MIN_OFF_VERTEX_BYTES + n_faces * _MIN_OFF_FACE_BYTES > size:
-        raise MeshError(path, f"absurd OFF header: it announces {n_vertices} vertices and "
-                              f"{n_faces} faces, more than a {size}-byte file can hold")
+        raise MeshError(path, f"absurd OFF header (or truncated file): it announces "
+                              f"{n_vertices} vertices and {n_faces} faces, more than a "
+                              f"{size}-byte file can hold")
     return n_faces
 
 

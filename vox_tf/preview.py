@@ -1,6 +1,6 @@
 """PNG previews of voxel grids: three orthographic projections per grid, for a person to read.
 
-A plain grid is drawn shaded by depth (nearer voxels darker), so its shape reads at a glance;
+A plain grid is drawn coloured by depth (from dark blue near index 0 to yellow far), so its shape reads at a glance;
 an overlay (e.g. true positives, false positives, false negatives of a reconstruction) is
 drawn with one colour per layer, later layers on top, and the voxel count of each in the legend.
 """
@@ -19,6 +19,8 @@ from vox_tf.files import atomic_output  # noqa: E402
 AXIS_NAMES = "xyz"
 PANEL_INCHES = 3.2
 BACKGROUND = (1.0, 1.0, 1.0)
+# Perceptually ordered, so depth reads as shape: near voxels dark blue, far ones yellow.
+DEPTH_COLORS = matplotlib.colormaps["viridis"]
 
 
 def save_projections(panels, path, title=None):
@@ -60,7 +62,7 @@ def save_projections(panels, path, title=None):
                        for label, (grid, color) in layers.items()]
             row[-1].legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.8)
         else:
-            row[0].text(0.02, 0.98, f"{int(np.count_nonzero(content)):,} voxels",
+            row[0].text(0.02, 0.98, f"{int(np.count_nonzero(content)):,} voxels; colour: depth",
                         transform=row[0].transAxes, va="top", fontsize=7)
     if title:
         figure.suptitle(title)
@@ -69,14 +71,14 @@ def save_projections(panels, path, title=None):
 
 
 def _depth_shaded(grid, axis):
-    """bool [X, Y, Z] -> rgb [H, V, 3]: white where empty, grey from dark (near) to light (far)."""
-    size = grid.shape[axis]
+    """bool [X, Y, Z] -> rgb [H, V, 3]: white where empty, else coloured by the nearest voxel's depth."""
     occupied = grid.any(axis=axis)
-    nearest = np.argmax(grid, axis=axis)  # first occupied voxel seen from index 0
-    shade = 0.15 + 0.65 * nearest / max(size - 1, 1)
-    image = np.where(occupied[..., None], shade[..., None] * np.array([0.55, 0.7, 1.0]),
-                     BACKGROUND)
-    return image
+    nearest = np.argmax(grid, axis=axis).astype(np.float64)  # first occupied seen from index 0
+    # Stretch the colours over the depths actually seen, for contrast on small objects.
+    seen = nearest[occupied]
+    low, high = (seen.min(), seen.max()) if seen.size else (0.0, 1.0)
+    colors = DEPTH_COLORS(0.05 + 0.9 * (nearest - low) / max(high - low, 1.0))[..., :3]
+    return np.where(occupied[..., None], colors, BACKGROUND)
 
 
 def _overlay(layers, axis):
