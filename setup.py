@@ -37,11 +37,17 @@ def _tensorflow_flags():
 
 
 def _find_nvcc():
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists():
-        return Path(cuda_home) / "bin" / "nvcc"
-    found = shutil.which("nvcc")
-    return Path(found).resolve() if found else None
+    """nvcc inside a CUDA toolkit with its headers and static runtime, or None."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    if shutil.which("nvcc"):
+        candidates.append(Path(shutil.which("nvcc")).resolve().parent.parent)
+    candidates.append("/usr/local/cuda")
+    for home in filter(None, candidates):
+        home = Path(home)
+        if all((home / f).exists() for f in
+               ("bin/nvcc", "include/cuda_runtime.h", "lib64/libcudart_static.a")):
+            return home / "bin" / "nvcc"
+    return None
 
 
 def _want_cuda(tf):
@@ -57,6 +63,22 @@ def _want_cuda(tf):
     return nvcc
 
 
+def _gencode_flags(nvcc, tf):
+    """The GPU targets TensorFlow was built for that this nvcc can still produce."""
+    supported = set(subprocess.run([str(nvcc), "--list-gpu-code"], capture_output=True,
+                                   text=True, check=True).stdout.split())
+    supported |= set(subprocess.run([str(nvcc), "--list-gpu-arch"], capture_output=True,
+                                    text=True, check=True).stdout.split())
+    flags = []
+    for target in tf.sysconfig.get_build_info()["cuda_compute_capabilities"]:
+        virtual = "compute_" + target.split("_")[1]
+        if target in supported and virtual in supported:
+            flags.append(f"-gencode=arch={virtual},code={target}")
+    if not flags:
+        sys.exit(f"{nvcc} can build none of TensorFlow's GPU targets; set VOX_TF_CUDA=0")
+    return flags
+
+
 class BuildTensorFlowOps(build_ext):
     """Compiles the op library with TensorFlow's flags instead of Python's."""
 
@@ -64,24 +86,35 @@ class BuildTensorFlowOps(build_ext):
         tf, tf_cflags, tf_lflags = _tensorflow_flags()
         nvcc = _want_cuda(tf)
         output = Path(self.get_ext_fullpath(ext.name))
+        try:
+            self._compile_and_link(ext, output, tf, tf_cflags, tf_lflags, nvcc)
+        except subprocess.CalledProcessError:
+            if not nvcc or os.environ.get("VOX_TF_CUDA", "auto") == "1":
+                raise
+            # The CPU kernels never depend on the CUDA ones: a toolchain that cannot build
+            # them must not cost the user the whole library.
+            print(f"warning: the CUDA kernels failed to build with {nvcc}; building for the CPU "
+                  "alone (set VOX_TF_CUDA=1 to make this an error)", flush=True)
+            nvcc = None
+            self._compile_and_link(ext, output, tf, tf_cflags, tf_lflags, nvcc)
+        # Lets `import vox_tf` refuse a library built against another TensorFlow.
+        (output.parent / "_build_info.json").write_text(
+            json.dumps({"tensorflow": tf.__version__, "cuda": bool(nvcc)}) + "\n")
+
+    def _compile_and_link(self, ext, output, tf, tf_cflags, tf_lflags, nvcc):
         tmp = Path(self.build_temp) / "custom_ops"
         tmp.mkdir(parents=True, exist_ok=True)
         cxx = os.environ.get("CXX", "g++")
-        defines = ["-DGOOGLE_CUDA=1"] if nvcc else []
-
+        cuda_home = nvcc.parent.parent if nvcc else None
+        defines = ["-DGOOGLE_CUDA=1", f"-I{cuda_home / 'include'}"] if nvcc else []
+        sources = [Path(s) for s in ext.sources if nvcc or not s.endswith(".cu.cc")]
         jobs = []
-        for source in ext.sources:
-            source = Path(source)
+        for source in sources:
             obj = tmp / (source.name + ".o")
             if source.name.endswith(".cu.cc"):
-                if not nvcc:
-                    continue
-                cuda_arch = tf.sysconfig.get_build_info()["cuda_compute_capabilities"]
-                gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" if a.startswith("sm_")
-                           else f"-gencode=arch={a},code={a}" for a in cuda_arch]
                 jobs.append([str(nvcc), "-c", "-x", "cu", str(source), "-o", str(obj), "-O3",
                              "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-                             "-DNDEBUG", *gencode, *defines, *tf_cflags,
+                             "-DNDEBUG", *_gencode_flags(nvcc, tf), *defines, *tf_cflags,
                              f"-I{OPS / 'kernels'}"])
             else:
                 jobs.append([cxx, "-c", str(source), "-o", str(obj), *CXXFLAGS, *defines,
@@ -89,18 +122,12 @@ class BuildTensorFlowOps(build_ext):
         # Each TensorFlow translation unit takes tens of seconds: compile them side by side.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             list(pool.map(self._run, jobs))
-
         libs = []
         if nvcc:
-            libs = [f"-L{nvcc.parent.parent / 'lib64'}", "-lcudart_static", "-ldl", "-lrt",
-                    "-lpthread"]
+            libs = [f"-L{cuda_home / 'lib64'}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
         output.parent.mkdir(parents=True, exist_ok=True)
-        objects = [str(tmp / (Path(s).name + ".o")) for s in ext.sources
-                   if nvcc or not s.endswith(".cu.cc")]
+        objects = [str(tmp / (source.name + ".o")) for source in sources]
         self._run([cxx, "-shared", "-o", str(output), *objects, *tf_lflags, *libs])
-        # Lets `import vox_tf` refuse a library built against another TensorFlow.
-        (output.parent / "_build_info.json").write_text(
-            json.dumps({"tensorflow": tf.__version__, "cuda": bool(nvcc)}) + "\n")
 
     def copy_extensions_to_source(self):
         # In-place and editable builds copy the library into the source tree; its build
