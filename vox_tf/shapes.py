@@ -117,6 +117,7 @@ _SHAPES = {
 }
 
 DEFAULT_SHAPE = "rounded_cube_with_holes"
+BUILTIN_SHAPE_NAMES = tuple(_SHAPES)
 
 
 def builtin_shapes():
@@ -133,6 +134,18 @@ def builtin_shapes():
     return {name: make() for name, make in _SHAPES.items()}
 
 
+def builtin_shape(name):
+    """One built-in model by name (see BUILTIN_SHAPE_NAMES), without making the others.
+
+    Example:
+        >>> len(builtin_shape("box").faces)
+        12
+    """
+    if name not in _SHAPES:
+        raise KeyError(f"no built-in shape {name!r}; there are {', '.join(_SHAPES)}")
+    return _SHAPES[name]()
+
+
 def default_shape():
     """The model tools use when given none: a cube cut by a sphere and drilled three ways.
 
@@ -140,7 +153,7 @@ def default_shape():
         >>> default_shape().is_watertight
         True
     """
-    return _SHAPES[DEFAULT_SHAPE]()
+    return builtin_shape(DEFAULT_SHAPE)
 
 
 def random_blob(seed, faces=50_000):

@@ -1,0 +1,1 @@
+"""voxel_dataset: meshes -> voxel TFRecords (see README.md)."""
