@@ -1,0 +1,177 @@
+"""Two-stage training on a small procedural shape: quality, outputs, resume, command line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import trimesh
+
+from vox_tf import hierarchy, train
+from vox_tf.exports import ERROR_CLASSES
+from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
+from vox_tf.metrics import iou
+from vox_tf.sampling import coarse_grid, upsample_mask
+
+RESOLUTION = 64
+ARCH = "32:swish,32:swish"
+REQUIRED_RESULTS = {"iou", "chamfer_l2", "accuracy", "precision", "recall", "params", "params_coarse",
+                    "params_fine", "bytes_fp32", "seconds_coarse", "seconds_fine"}
+
+
+def sphere_shell(resolution, radius=0.6):
+    """Surface-like voxels: centres within 1.5 voxels of a sphere, off-centre."""
+    centers = voxel_centers(np.argwhere(np.ones((resolution,) * 3)), resolution)
+    distance = np.linalg.norm(centers - [0.1, -0.05, 0.0], axis=1).reshape((resolution,) * 3)
+    return np.abs(distance - radius) < 1.5 / resolution
+
+
+def small_config(**changes):
+    # XLA off: on tiny runs its compile time outweighs the faster steps.
+    settings = dict(epochs_coarse=20, epochs_fine=30, batch_size=512, eval_every=10,
+                    jit_compile=False, verbose=0)
+    return train.TrainConfig(ARCH, ARCH, **{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def voxels():
+    grid = sphere_shell(RESOLUTION)
+    return VoxelGrid(RESOLUTION, indices_from_dense(grid), np.array([10.0, -2.0, 3.0]), 0.25, "shell")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, voxels):
+    out = tmp_path_factory.mktemp("run")
+    return out, train.train_hierarchy(voxels, small_config(), out)
+
+
+def test_training_beats_the_coarse_only_baseline(run, voxels):
+    _, results = run
+    # What the coarse grid alone gives at best: the true 32^3 occupancy, upsampled.
+    baseline = iou(upsample_mask(coarse_grid(voxels), RESOLUTION), voxels.dense())
+    assert results["coarse_iou"] > 0.8
+    assert results["iou"] > baseline + 0.2, (results["iou"], baseline)
+
+
+def test_results_and_output_files(run, voxels):
+    out, results = run
+    assert REQUIRED_RESULTS <= set(results)
+    assert results["params"] == results["params_coarse"] + results["params_fine"]
+    assert results["bytes_fp32"] == 4 * results["params"]
+    assert json.loads((out / "results.json").read_text())["iou"] == pytest.approx(results["iou"])
+    for name in ("reconstruction.npz", "reconstruction.ply", "errors.ply", "preview.png",
+                 "coarse.keras", "fine.keras", "metadata.json"):
+        assert (out / name).stat().st_size > 0, name
+
+    reconstruction = VoxelGrid.load(out / "reconstruction.npz")
+    assert len(reconstruction.indices) == results["predicted_voxels"]
+    np.testing.assert_array_equal(reconstruction.center, voxels.center)
+
+    cloud = trimesh.load(out / "errors.ply")
+    assert len(cloud.vertices) == results["true_positives"] + results["false_positives"] + results["false_negatives"]
+    colours = {tuple(c[:3]) for c in np.asarray(cloud.colors)}
+    assert colours <= {tuple(np.round(np.array(c) * 255).astype(int)) for _, c in ERROR_CLASSES}
+
+    mesh = trimesh.load(out / "reconstruction.ply")
+    # Original coordinates: normalized [-1, 1] / scale 0.25 + centre.
+    assert len(mesh.faces) > 0
+    assert np.all(np.abs(mesh.vertices - voxels.center) <= 1 / voxels.scale + 1e-6)
+
+
+def test_tensorboard_scalars_per_stage(run):
+    out, _ = run
+    for stage in train.STAGES:
+        tags = set()
+        for path in (out / stage / "train").glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                tags |= {value.tag for value in event.summary.value}
+        expected = {f"epoch_{name}" for name in ("loss", "iou", "chamfer_l2", "accuracy", "precision",
+                                                 "recall", "learning_rate")}
+        assert expected <= tags, (stage, tags)
+
+
+def test_saved_model_directory_reloads(run):
+    out, results = run
+    reconstructor = hierarchy.load(out)
+    assert reconstructor.resolution == RESOLUTION
+    assert reconstructor.metadata()["fine_arch"] == ARCH
+    predicted = reconstructor.predict_grid()
+    np.testing.assert_array_equal(predicted, VoxelGrid.load(out / "reconstruction.npz").dense())
+    with pytest.raises(ValueError, match="not a vox_tf model directory"):
+        hierarchy.load(out / "coarse")
+
+
+def test_rerun_reuses_finished_stages(run, voxels, monkeypatch):
+    out, results = run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(train, "train_stage", no_training)
+    again = train.train_hierarchy(voxels, small_config(verbose=0), out)
+    assert again["iou"] == results["iou"] and again["seconds_fine"] == results["seconds_fine"]
+    with pytest.raises(ValueError, match="other settings"):
+        train.train_hierarchy(voxels, small_config(epochs_fine=31), out)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise Interrupted
+
+
+def test_interrupted_stage_resumes_from_its_last_epoch(voxels, tmp_path):
+    config = small_config(eval_every=2)
+    data = train.coarse_stage_data(voxels, config)
+    with pytest.raises(Interrupted):
+        train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path,
+                          callbacks=[InterruptAfter(3)])
+    state = json.loads((tmp_path / train.STATE_FILE).read_text())
+    assert state["epochs_done"] == 3 and state["best_epoch"] == 2
+    result = train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path)
+    assert len(result.history["loss"]) == 3           # epochs 4..6 only
+    assert result.epochs == 6 and result.seconds >= state["elapsed"]
+    assert result.best_epoch in (2, 4, 6)
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, voxels, capsys):
+    good = tmp_path / "v.npz"
+    voxels.save(good)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip")
+    out = tmp_path / "out"
+    common = ["--epochs-coarse", "1", "--epochs-fine", "1", "--out", str(out)]
+    cases = [(["--voxel", str(good), "--coarse-arch", "40:tanh", "--fine-arch", ARCH], "activation"),
+             (["--voxel", str(good), "--coarse-arch", ARCH, "--fine-arch", "40"], "units:activation"),
+             (["--voxel", str(garbage), "--coarse-arch", ARCH, "--fine-arch", ARCH], "garbage.npz")]
+    for argv, reason in cases:
+        assert train.main(argv + common) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and reason in err
+        assert not out.exists()
+    small = tmp_path / "small.npz"
+    VoxelGrid(16, voxels.indices[:0], source="small").save(small)
+    assert train.main(["--voxel", str(small), "--coarse-arch", ARCH, "--fine-arch", ARCH] + common) == 2
+    assert not out.exists()
+
+
+def test_command_line_exit_status(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "vox_tf.train", "--voxel", str(tmp_path / "missing.npz"),
+                           "--coarse-arch", ARCH, "--fine-arch", ARCH, "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.npz" in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,96 @@
+"""What a training run leaves for a person: figures, the reconstruction, and where it is wrong.
+
+All files are written atomically (vox_tf.files.atomic_output); point clouds and meshes are
+in the source mesh's original coordinates so they overlay on it in any viewer.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from skimage import measure
+
+from vox_tf.files import atomic_output
+from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
+from vox_tf.preview import save_projections
+
+RESULTS_FILE = "results.json"
+RECONSTRUCTION_NPZ = "reconstruction.npz"
+RECONSTRUCTION_MESH = "reconstruction.ply"
+ERRORS_FILE = "errors.ply"
+PREVIEW_FILE = "preview.png"
+
+# (label, rgb in [0, 1]); errors drawn after true positives so they stay visible.
+ERROR_CLASSES = (("true positive", (0.72, 0.72, 0.72)),
+                 ("false positive", (0.85, 0.1, 0.1)),
+                 ("false negative", (0.1, 0.3, 0.9)))
+
+
+def error_grids(pred, gt):
+    """bool grids -> {label: bool grid} for true positives, false positives, false negatives."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    return dict(zip((label for label, _ in ERROR_CLASSES), (pred & gt, pred & ~gt, ~pred & gt)))
+
+
+def write_results(path, results):
+    """Writes ``results`` as indented JSON; inf/nan (e.g. chamfer of an empty prediction) become null."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(clean, indent=2, sort_keys=True))
+
+
+def write_error_cloud(path, pred, voxels: VoxelGrid):
+    """Voxel centres of TP, FP and FN (vs ``voxels``) as a coloured point cloud (.ply)."""
+    points, colors = [], []
+    for (label, color), grid in zip(ERROR_CLASSES, error_grids(pred, voxels.dense()).values()):
+        centers = voxel_centers(np.argwhere(grid), voxels.resolution)
+        points.append(voxels.to_original(centers))
+        colors.append(np.tile(np.append(np.round(np.array(color) * 255), 255).astype(np.uint8),
+                              (len(centers), 1)))
+    cloud = trimesh.PointCloud(np.concatenate(points), colors=np.concatenate(colors))
+    with atomic_output(path) as tmp:
+        cloud.export(tmp)
+
+
+def reconstruction_mesh(pred, voxels: VoxelGrid):
+    """Marching cubes of the bool grid at level 0.5 -> trimesh.Trimesh in original coordinates.
+
+    The grid is padded by one empty voxel so the surface closes at the grid's border. Vertices
+    sit at voxel-centre coordinates (-1 + (2 i + 1) / R), mapped back through the voxels'
+    center and scale. An empty grid gives an empty mesh.
+    """
+    pred = np.asarray(pred, bool)
+    if not pred.any():
+        return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64))
+    vertices, faces, _, _ = measure.marching_cubes(np.pad(pred, 1).astype(np.float32), level=0.5)
+    normalized = -1.0 + (2.0 * (vertices - 1.0) + 1.0) / pred.shape[0]
+    return trimesh.Trimesh(voxels.to_original(normalized), faces, process=False)
+
+
+def write_reconstruction_mesh(path, pred, voxels: VoxelGrid):
+    """Writes :func:`reconstruction_mesh` (.ply or .obj by the suffix)."""
+    mesh = reconstruction_mesh(pred, voxels)
+    with atomic_output(path) as tmp:
+        mesh.export(tmp)
+
+
+def write_preview(path, pred, gt, title=None):
+    """PNG: ground truth | reconstruction | TP/FP/FN overlay, three projections each."""
+    overlay = {label: (grid, color) for (label, color), grid in
+               zip(ERROR_CLASSES, error_grids(pred, gt).values())}
+    save_projections({"ground truth": gt, "reconstruction": pred, "errors": overlay}, path, title)
+
+
+def write_all(directory, pred, voxels: VoxelGrid, results):
+    """results.json, reconstruction.npz, reconstruction.ply, errors.ply and preview.png in ``directory``."""
+    directory, pred = Path(directory), np.asarray(pred, bool)
+    VoxelGrid(voxels.resolution, indices_from_dense(pred), voxels.center, voxels.scale,
+              f"{voxels.source} (reconstruction)").save(directory / RECONSTRUCTION_NPZ)
+    write_reconstruction_mesh(directory / RECONSTRUCTION_MESH, pred, voxels)
+    write_error_cloud(directory / ERRORS_FILE, pred, voxels)
+    title = (f"IoU {100 * results['iou']:.2f} %, {results['params']:,} parameters"
+             if "iou" in results and "params" in results else None)
+    write_preview(directory / PREVIEW_FILE, pred, voxels.dense(), title)
+    write_results(directory / RESULTS_FILE, results)
