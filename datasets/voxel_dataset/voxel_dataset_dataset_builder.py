@@ -161,9 +161,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "source": tfds.features.Text(doc="path relative to the manual dir, or builtin/<shape>"),
                 "resolution": tfds.features.Scalar(np.int32, doc="R of the R^3 grid"),
                 "indices": VoxelIndices(dtype=dtype, doc="occupied voxels (i, j, k), sorted"),
-                "center": tfds.features.Tensor(shape=(3,), dtype=np.float64,
+                # tf.train.Example keeps floats as float32: raw bytes keep float64 exact.
+                "center": tfds.features.Tensor(shape=(3,), dtype=np.float64, encoding="bytes",
                                                doc="normalized = (original - center) * scale"),
-                "scale": tfds.features.Scalar(np.float64),
+                "scale": tfds.features.Tensor(shape=(), dtype=np.float64, encoding="bytes"),
                 "num_faces": tfds.features.Scalar(np.int64, doc="triangles of the loaded mesh"),
                 "watertight": tfds.features.Scalar(np.bool_),
             }),
