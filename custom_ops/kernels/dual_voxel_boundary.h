@@ -8,8 +8,8 @@ namespace vox_tf {
 
 enum DualVoxelLabel : int8_t { kOutside = 0, kInside = 1, kOuterBoundary = 2, kInnerBoundary = 3 };
 
-// Fills labels [nx, ny, nz] (row-major, z fastest) and counts [4] from occupancy and mask.
-// Every pointer lives in the Device's memory.
+// Fills labels [nx, ny, nz] (row-major, z fastest) and counts [4] from occupancy and mask
+// (null: no mask). Every pointer lives in the Device's memory.
 template <typename Device>
 struct DualVoxelBoundaryFunctor {
   void operator()(const Device& device, const bool* occupancy, const bool* mask, int64_t nx,

@@ -24,7 +24,7 @@ __global__ void DualVoxelBoundaryKernel(const bool* occupancy, const bool* mask,
        q += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t i = q / (ny * nz), j = (q / nz) % ny, k = q % nz;
     int8_t label = kOutside;
-    if (mask[q]) {
+    if (mask == nullptr || mask[q]) {
       const bool occupied = occupancy[q];
       bool any = false, all = true;
       for (int di = -1; di <= 1; ++di) {

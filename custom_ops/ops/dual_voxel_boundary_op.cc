@@ -11,10 +11,10 @@ REGISTER_OP("DualVoxelBoundary")
     .Output("labels: int8")
     .Output("counts: int64")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle occupancy, merged;
+      ShapeHandle occupancy, mask;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &occupancy));
-      TF_RETURN_IF_ERROR(c->Merge(occupancy, c->input(1), &merged));
-      c->set_output(0, merged);
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &mask));
+      c->set_output(0, occupancy);
       c->set_output(1, c->Vector(4));
       return ::tensorflow::OkStatus();
     })
@@ -23,7 +23,7 @@ Dual-voxel labels over the 26-neighbourhood, outside the grid counted as empty.
 
 occupancy: bool [X, Y, Z].
 mask: bool [X, Y, Z]; voxels outside it are labelled 0 (the neighbourhood is still
-  read from the whole occupancy).
+  read from the whole occupancy). An empty mask ([0, 0, 0]) means no mask.
 labels: int8 [X, Y, Z]: 0 outside, 1 inside, 2 outer boundary (empty with an occupied
   neighbour), 3 inner boundary (occupied with an empty neighbour).
 counts: int64 [4], the number of voxels of each label.

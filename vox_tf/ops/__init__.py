@@ -64,9 +64,8 @@ def dual_voxel_boundary(occupancy, mask=None):
         array([ 0,  0, 26,  1])
     """
     occupancy = tf.cast(tf.convert_to_tensor(occupancy), tf.bool)
-    if mask is None:
-        mask = tf.ones_like(occupancy)
-    labels, _ = _ops.dual_voxel_boundary(occupancy, tf.cast(tf.convert_to_tensor(mask), tf.bool))
+    mask = tf.zeros([0, 0, 0], tf.bool) if mask is None else tf.cast(mask, tf.bool)
+    labels, _ = _ops.dual_voxel_boundary(occupancy, mask)
     return labels
 
 
