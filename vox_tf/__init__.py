@@ -1,11 +1,30 @@
 """vox_tf: one 3D model -> the smallest neural network that reconstructs its voxels."""
 
+from vox_tf import _oplib
 from vox_tf.errors import MeshError
-from vox_tf import _oplib as _library
 
 # Refuse a missing or stale compiled library at import, with the command that fixes it,
 # rather than a crash deep inside TensorFlow at first use.
-_library.check_build()
+_oplib.check_build()
 
 __version__ = "0.1.0"
-__all__ = ["MeshError", "__version__"]
+
+
+def load(path):
+    """Loads a reconstructor saved by ``python -m vox_tf.train`` or ``python -m vox_tf.search``.
+
+    Args:
+        path: the model directory (both stages' .keras files and metadata.json).
+    Returns:
+        vox_tf.hierarchy.HierarchicalReconstructor; ``.predict_grid()`` gives bool [R, R, R].
+
+    Example:
+        >>> grid = vox_tf.load("runs/demo/model").predict_grid()
+    """
+    # Imported here so that `import vox_tf` stays free of Keras until a model is needed.
+    from vox_tf.hierarchy import load as load_reconstructor
+
+    return load_reconstructor(path)
+
+
+__all__ = ["MeshError", "load", "__version__"]
