@@ -109,3 +109,21 @@ def boundary_reference(occupancy, mask=None):
     if mask is not None:
         labels[~np.asarray(mask, bool)] = 0
     return labels
+
+
+def uncovered_points(points, occupied, tolerance=1e-6):
+    """Points [N, 3] in [-1, 1] lying in no occupied closed voxel of bool [R, R, R] ``occupied``.
+
+    A point on a voxel face (within ``tolerance`` voxels) belongs to both neighbours, so either
+    being occupied covers it. Used to check that every point sampled on a surface is voxelized.
+    """
+    resolution = occupied.shape[0]
+    grid = (np.asarray(points, np.float64) + 1.0) * (resolution / 2.0)
+    low = np.clip(np.floor(grid - tolerance), 0, resolution - 1).astype(np.int64)
+    high = np.clip(np.floor(grid + tolerance), 0, resolution - 1).astype(np.int64)
+    covered = np.zeros(len(grid), bool)
+    for x in (low[:, 0], high[:, 0]):
+        for y in (low[:, 1], high[:, 1]):
+            for z in (low[:, 2], high[:, 2]):
+                covered |= occupied[x, y, z]
+    return np.asarray(points)[~covered]

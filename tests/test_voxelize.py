@@ -10,6 +10,7 @@ import pytest
 import trimesh
 
 import vox_tf
+from reference_ops import uncovered_points
 from vox_tf import ops
 from vox_tf.grid import VoxelGrid
 from vox_tf.mesh_io import from_trimesh, load_mesh
@@ -160,21 +161,3 @@ def test_every_sampled_surface_point_lies_in_an_occupied_voxel(path):
     surface = trimesh.Trimesh(mesh.vertices.astype(np.float64), mesh.faces, process=False)
     points, _ = trimesh.sample.sample_surface(surface, SURFACE_SAMPLES, seed=0)
     assert not uncovered_points(points, occupied).size
-
-
-def uncovered_points(points, occupied, tolerance=1e-6):
-    """Points [N, 3] in [-1, 1] lying in no occupied closed voxel of bool [R, R, R] ``occupied``.
-
-    A point on a voxel face (within ``tolerance`` voxels) belongs to both neighbours, so either
-    being occupied covers it.
-    """
-    resolution = occupied.shape[0]
-    grid = (np.asarray(points, np.float64) + 1.0) * (resolution / 2.0)
-    low = np.clip(np.floor(grid - tolerance), 0, resolution - 1).astype(np.int64)
-    high = np.clip(np.floor(grid + tolerance), 0, resolution - 1).astype(np.int64)
-    covered = np.zeros(len(grid), bool)
-    for x in (low[:, 0], high[:, 0]):
-        for y in (low[:, 1], high[:, 1]):
-            for z in (low[:, 2], high[:, 2]):
-                covered |= occupied[x, y, z]
-    return np.asarray(points)[~covered]

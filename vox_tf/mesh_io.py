@@ -149,7 +149,8 @@ def load_mesh(path):
     except MemoryError:
         raise MeshError(path, "too large to load into memory") from None
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad file, said as such
-        raise MeshError(path, f"cannot be read as {suffix[1:].upper()} ({_describe(err)})") from None
+        reason = f"cannot be read as {suffix[1:].upper()} ({_describe(err)})"
+        raise MeshError(path, reason) from None
     if not isinstance(tm, trimesh.Trimesh):
         raise MeshError(path, f"holds no triangle mesh (found {type(tm).__name__})")
     # Polygons only ever become more triangles, so fewer faces than announced means the

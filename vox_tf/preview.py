@@ -1,7 +1,7 @@
 """PNG previews of voxel grids: three orthographic projections per grid, for a person to read.
 
-A plain grid is drawn coloured by depth (from dark blue near index 0 to yellow far), so its shape reads at a glance;
-an overlay (e.g. true positives, false positives, false negatives of a reconstruction) is
+A plain grid is drawn coloured by depth (dark blue near index 0, yellow far), so its shape
+reads at a glance; an overlay (e.g. true positives, false positives, false negatives of a reconstruction) is
 drawn with one colour per layer, later layers on top, and the voxel count of each in the legend.
 """
 
@@ -71,7 +71,7 @@ def save_projections(panels, path, title=None):
 
 
 def _depth_shaded(grid, axis):
-    """bool [X, Y, Z] -> rgb [H, V, 3]: white where empty, else coloured by the nearest voxel's depth."""
+    """bool [X, Y, Z] -> rgb [H, V, 3]: white where empty, else coloured by the nearest depth."""
     occupied = grid.any(axis=axis)
     nearest = np.argmax(grid, axis=axis).astype(np.float64)  # first occupied seen from index 0
     # Stretch the colours over the depths actually seen, for contrast on small objects.
