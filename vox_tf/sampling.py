@@ -228,11 +228,13 @@ def fine_samples(voxels, mask):
     if mask.shape != (resolution,) * 3:
         raise ValueError(f"mask must be bool [{resolution}]^3 like the voxels, got {mask.shape}")
     occupancy = voxels.dense()
-    labels = ops.dual_voxel_boundary(mask & occupancy).numpy().reshape(-1)
-    outside_support = labels == ops.OUTSIDE
+    labels = ops.dual_voxel_boundary(np.logical_and(mask, occupancy)).numpy().reshape(-1)
+    support = np.flatnonzero(labels)  # every class but OUTSIDE
+    # In place, so that at 512^3 no further 128 MiB temporaries pile up.
+    rest = labels == ops.OUTSIDE
     del labels
-    support = np.flatnonzero(~outside_support)
-    rest = np.flatnonzero(mask.reshape(-1) & outside_support)
+    np.logical_and(rest, mask.reshape(-1), out=rest)
+    rest = np.flatnonzero(rest)
     return SampleSet.balanced(resolution, occupancy, support, rest)
 
 
