@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,11 +108,19 @@ def test_beam_build_gives_the_same_examples(mesh_dir, tmp_path):
     assert [s["source"] for s in builder.info.metadata["skipped"]] == ["broken.obj"]
 
 
-def test_tfds_build_command(mesh_dir, tmp_path):
+DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
+
+
+# The README's two ways to run the builder: from anywhere with --imports, or inside datasets/.
+@pytest.mark.parametrize("imports", [True, False], ids=["imports", "inside_datasets_dir"])
+def test_tfds_build_command(mesh_dir, tmp_path, imports):
     command = [os.path.join(os.path.dirname(sys.executable), "tfds"), "build", "voxel_dataset",
-               "--imports", "vox_tf.datasets", "--config", "surface_32",
-               "--data_dir", str(tmp_path), "--manual_dir", str(mesh_dir)]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+               "--config", "surface_32", "--data_dir", str(tmp_path),
+               "--manual_dir", str(mesh_dir)]
+    if imports:
+        command += ["--imports", "vox_tf.datasets"]
+    result = subprocess.run(command, cwd=tmp_path if imports else DATASETS_DIR,
+                            capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped broken.obj" in result.stderr
