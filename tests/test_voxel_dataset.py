@@ -111,14 +111,18 @@ def test_beam_build_gives_the_same_examples(mesh_dir, tmp_path):
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 
 
-# The README's two ways to run the builder: from anywhere with --imports, or inside datasets/.
-@pytest.mark.parametrize("imports", [True, False], ids=["imports", "inside_datasets_dir"])
-def test_tfds_build_command(mesh_dir, tmp_path, imports):
+# The README's ways to run the builder: from anywhere with --imports, inside datasets/, and
+# through Beam.
+@pytest.mark.parametrize("imports, beam", [(True, False), (False, False), (True, True)],
+                         ids=["imports", "inside_datasets_dir", "beam"])
+def test_tfds_build_command(mesh_dir, tmp_path, imports, beam):
     command = [os.path.join(os.path.dirname(sys.executable), "tfds"), "build", "voxel_dataset",
                "--config", "surface_32", "--data_dir", str(tmp_path),
                "--manual_dir", str(mesh_dir)]
     if imports:
         command += ["--imports", "vox_tf.datasets"]
+    if beam:
+        command += ["--beam_pipeline_options=runner=FnApiRunner"]
     result = subprocess.run(command, cwd=tmp_path if imports else DATASETS_DIR,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
