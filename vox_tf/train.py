@@ -304,8 +304,9 @@ def train_stage(model, data: StageData, epochs, config: TrainConfig, stage_dir=N
         all_callbacks += [keras.callbacks.TensorBoard(log_dir=str(stage_dir), write_graph=False),
                           keras.callbacks.BackupAndRestore(str(stage_dir / BACKUP_DIR),
                                                            delete_checkpoint=False)]
+    # shuffle=False: the datasets reshuffle themselves every epoch.
     history = model.fit(data.dataset, epochs=epochs, callbacks=all_callbacks + list(callbacks),
-                        verbose=config.verbose)
+                        shuffle=False, verbose=config.verbose)
     if evaluation.best_metrics is None:
         # No epoch was evaluated (a zero budget): judge the weights as they are.
         evaluation.best_metrics, evaluation.best_epoch = data.evaluate(model), evaluation.epochs_done
