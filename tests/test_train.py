@@ -115,7 +115,7 @@ def test_rerun_reuses_finished_stages(run, voxels, monkeypatch):
     again = train.train_hierarchy(voxels, small_config(verbose=0), out)
     assert again["iou"] == results["iou"] and again["seconds_fine"] == results["seconds_fine"]
     with pytest.raises(ValueError, match="other settings"):
-        train.train_hierarchy(voxels, small_config(epochs_fine=31), out)
+        train.train_hierarchy(voxels, small_config(batch_size=256), out)
 
 
 class Interrupted(Exception):

@@ -16,7 +16,8 @@ Run directory layout (DIR = --out)::
     results.json reconstruction.npz reconstruction.ply errors.ply preview.png
 
 Re-running the same command resumes: a finished stage (stage.json written) is reused, an
-interrupted one continues from its last finished epoch (keras.callbacks.BackupAndRestore).
+interrupted one continues from its last finished epoch (keras.callbacks.BackupAndRestore),
+up to the epoch budget of the new command.
 
 Optimizer: ``keras.optimizers.Adam(weight_decay=1e-5)``. In Keras 3 every optimizer's
 ``weight_decay`` is the decoupled kind (w -= lr * wd * w, as AdamW), so AdamW would be the
@@ -55,6 +56,7 @@ STAGE_FILE = "stage.json"
 STATE_FILE = "state.json"
 BEST_WEIGHTS_FILE = "best.npz"
 BACKUP_DIR = "backup"
+RESUMABLE_CHANGES = ("verbose", "eval_every", "epochs_coarse", "epochs_fine")
 
 
 @dataclass
@@ -120,8 +122,12 @@ class TrainConfig:
         return build_occupancy_model(arch, self.positional_levels, self.triplane(), name=name)
 
     def identity(self):
-        """The settings a resumed run must share with the interrupted one."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("verbose", "eval_every")}
+        """The settings a resumed run must share with the interrupted one.
+
+        Epoch budgets are not among them: re-running with a larger or smaller budget
+        continues an unfinished stage up to the new one (a finished stage stays as it is).
+        """
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_CHANGES}
 
 
 @dataclass
