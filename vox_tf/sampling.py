@@ -191,7 +191,10 @@ class SampleSet:
 
         # A fresh epoch seed on every iteration, so each epoch is shuffled anew.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        # flat_map hides the batch count; Keras needs it for full progress bars and to know
+        # where an epoch ends.
         return (seeds.flat_map(epoch)
+                .apply(tf.data.experimental.assert_cardinality(-(-total // batch_size)))
                 .map(samples_to_batch, num_parallel_calls=tf.data.AUTOTUNE)
                 .prefetch(tf.data.AUTOTUNE))
 
@@ -291,8 +294,10 @@ def grid_points(resolution, mask=None, batch_size=EVAL_BATCH_SIZE):
 
 def _batches(values, total, batch_size):
     """Dataset of consecutive slices [b * B, (b + 1) * B) of a 1-D tensor of length total."""
-    return tf.data.Dataset.range(-(-total // batch_size)).map(
-        lambda b: values[b * batch_size:(b + 1) * batch_size])
+    def batch(b):
+        return values[b * batch_size:(b + 1) * batch_size]
+
+    return tf.data.Dataset.range(-(-total // batch_size)).map(batch)
 
 
 def _indices_from_flat(flat, resolution):
