@@ -223,6 +223,12 @@ def _boundary_grids():
         "thin_1x8x5": rng.random((1, 8, 5)) < 0.5,
         "single_voxel_1x1x1": np.ones((1, 1, 1), bool),
         "one_corner": np.pad(np.ones((1, 1, 1), bool), ((0, 6), (0, 5), (0, 4))),
+        # Rows longer than one 64-voxel word: neighbours carried across word boundaries.
+        "blobs_6x9x130": _blobs(rng, (6, 9, 130), 0.4),
+        "random_half_5x4x128": rng.random((5, 4, 128)) < 0.5,
+        "full_3x3x64": np.ones((3, 3, 64), bool),
+        "word_edges_3x3x129": np.isin(np.arange(129), [62, 63, 64, 65, 127, 128])[None, None]
+        .repeat(3, 0).repeat(3, 1),
     }
     border = np.zeros((11, 9, 7), bool)
     border[0] = border[:, -1] = border[:, :, 0] = True
@@ -245,6 +251,21 @@ def test_dual_voxel_boundary_matches_reference(name, with_mask):
     assert list(lists.counts().values()) == [int((expected == c).sum()) for c in classes]
     for listed, label in zip(lists, classes):
         np.testing.assert_array_equal(listed.numpy(), np.argwhere(expected == label))
+
+
+@pytest.mark.skipif(not tf.config.list_physical_devices("GPU") or not ops.built_with_cuda(),
+                    reason="needs a GPU and the CUDA kernels")
+@pytest.mark.parametrize("name", list(_boundary_grids()))
+def test_dual_voxel_boundary_gpu_kernel_matches_cpu_kernel(name):
+    occupancy = _boundary_grids()[name]
+    mask = np.random.default_rng(5).random(occupancy.shape) < 0.6
+    for device_mask in (None, mask):
+        with tf.device("/CPU:0"):
+            cpu = ops.dual_voxel_boundary(occupancy, device_mask)
+        with tf.device("/GPU:0"):
+            gpu = ops.dual_voxel_boundary(occupancy, device_mask)
+        assert "GPU" in gpu.device
+        np.testing.assert_array_equal(gpu.numpy(), cpu.numpy())
 
 
 def test_dual_voxel_indices_lists_only_requested_classes():
