@@ -295,6 +295,17 @@ def test_voxelize_mesh_rejects_bad_arguments(vertices, faces, resolution):
         ops.voxelize_mesh(vertices, np.asarray(faces, np.int32), resolution)
 
 
+@pytest.mark.parametrize("vertices,faces,message", [
+    (TRIANGLE, np.array([[0.0, 1.0, 2.0]]), "faces must be integer"),
+    (TRIANGLE.astype(np.int32), [[0, 1, 2]], "vertices must be floating"),
+    (np.where(np.eye(3, dtype=bool), np.nan, TRIANGLE).astype(np.float32), [[0, 1, 2]],
+     "not finite"),
+])
+def test_voxelize_mesh_names_the_bad_argument(vertices, faces, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        ops.voxelize_mesh(vertices, faces, 16)
+
+
 @pytest.mark.parametrize("occupancy,mask", [
     (np.ones((4, 4), bool), None),
     (np.ones((2, 4, 4, 4), bool), None),

@@ -39,9 +39,18 @@ def voxelize_mesh(vertices, faces, resolution, fill=False):
         >>> voxelize_mesh(tri, [[0, 1, 2]], 8).shape  # z = 0 lies between two layers: 2 x 43
         TensorShape([86, 3])
     """
-    vertices = tf.convert_to_tensor(vertices, tf.float32)
-    faces = tf.convert_to_tensor(faces, tf.int32)
+    vertices = _converted(vertices, tf.float32, "vertices", "is_floating")
+    faces = _converted(faces, tf.int32, "faces", "is_integer")
     return _ops.voxelize_mesh(vertices, faces, resolution=resolution, fill=fill)
+
+
+def _converted(value, dtype, name, kind):
+    """``value`` as ``dtype``; InvalidArgumentError if its dtype is of the wrong kind."""
+    tensor = tf.convert_to_tensor(value)
+    if not getattr(tensor.dtype, kind):
+        raise tf.errors.InvalidArgumentError(
+            None, None, f"{name} must be {kind[3:]} numbers, got dtype {tensor.dtype.name}")
+    return tf.cast(tensor, dtype)
 
 
 def dual_voxel_boundary(occupancy, mask=None):
