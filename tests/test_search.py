@@ -1,0 +1,187 @@
+"""The architecture search on a tiny procedural sphere: configs, outputs, TensorBoard HParams,
+resume without re-running trials, batch runs with a failing model, and the command line."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+import trimesh
+import yaml
+
+import vox_tf
+from vox_tf import search
+from vox_tf.batch import ModelSource, run_batch
+from vox_tf.errors import MeshError
+from vox_tf.mesh_io import from_trimesh
+from vox_tf.search import Candidate, pick_smallest
+from vox_tf.search_config import DEFAULT_CONFIG, load_config, widths_for
+from vox_tf.search_space import arch_from_values
+from vox_tf.voxelize import voxelize
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for CI: 32^3 sphere, a 16^3 coarse stage, 5 Hyperband trials of <= 2 epochs.
+TINY = {
+    "resolution": 32, "coarse_resolution": 16,
+    "encoding": {"positional_levels": 3, "triplane_resolution": 4},
+    "training": {"batch_size": 512, "learning_rate": 0.01, "jit_compile": False, "eval_every": 5},
+    **{stage: {"max_layers": 2, "widths": [8, 16], "hyperband": {"max_epochs": 2, "factor": 2},
+               "filter": {"top": 2, "epochs": 10}, "final_epochs": 10}
+       for stage in ("coarse", "fine")},
+}
+
+
+def write_config(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sphere_voxels(resolution=32):
+    return voxelize(from_trimesh(trimesh.creation.icosphere(subdivisions=3), "sphere"), resolution)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    return write_config(tmp_path_factory.mktemp("config") / "tiny.yaml", TINY)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_config):
+    out = tmp_path_factory.mktemp("run") / "sphere"
+    return out, search.run_search(sphere_voxels(), load_config(tiny_config), out, verbose=0)
+
+
+def test_shipped_configs_load_with_method_defaults():
+    quick = load_config(DEFAULT_CONFIG)
+    paper = load_config(REPO / "tuner_configs" / "paper.yaml")
+    assert quick.resolution == 128 and paper.resolution == 256
+    assert (paper.coarse.objective.a, paper.coarse.objective.b, paper.coarse.objective.c) == (
+        0.98, 7553, 21121)
+    assert paper.coarse.filter.tolerance == 1e-4 and paper.fine.filter.top == 10
+    assert widths_for(256) == (16, 32, 48, 64, 128) and widths_for(32) == (8, 16, 24, 32, 40, 48)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"coarse": {"hyperband": {"max_epoch": 3}}}, "coarse.hyperband.max_epoch: unknown key"),
+    ({"fine": {"hyperband": {"max_epochs": 0}}}, "fine.hyperband.max_epochs: must be an integer >= 1"),
+    ({"coarse": {"activations": ["tanh"]}}, "coarse.activations: must be a non-empty list"),
+    ({"training": {"learning_rate": "fast"}}, "training.learning_rate: expected float"),
+    ({"fine": {"objective": {"kind": "loss"}}}, "fine.objective.kind: must be one of"),
+    ({"resolution": 16, "coarse_resolution": 32}, "coarse_resolution: must not exceed"),
+    ([1, 2], "must be a mapping"),
+])
+def test_bad_config_names_file_and_key(tmp_path, data, message):
+    path = write_config(tmp_path / "bad.yaml", data)
+    with pytest.raises(MeshError, match="bad.yaml: .*" + message.replace(".", r"\.")):
+        load_config(path)
+
+
+def test_pick_smallest_within_tolerance():
+    candidates = [Candidate("64:elu", {}, 0.0, 0.99995, 900), Candidate("16:elu", {}, 0.0, 0.99990, 300),
+                  Candidate("8:elu", {}, 0.0, 0.99900, 100)]
+    assert pick_smallest(candidates, 1e-4).arch == "16:elu"
+    assert pick_smallest(candidates, 0.0).arch == "64:elu"
+
+
+def test_conditional_layers_only_count_while_active():
+    values = {"layers": 1, "width_0": 16, "activation_0": "relu", "width_1": 8, "activation_1": "elu"}
+    assert arch_from_values(values) == "16:relu"
+
+
+def test_search_outputs_a_loadable_model_and_results(run):
+    out, results = run
+    for key in ("iou", "chamfer_l2", "params_coarse", "params_fine", "seconds_coarse",
+                "coarse_arch", "fine_arch", "trials", "seconds_search"):
+        assert key in results
+    assert results["trials"] == results["trials_coarse"] + results["trials_fine"] >= 8
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["fine_arch"] == results["fine_arch"]
+    assert (out / "preview.png").stat().st_size > 0
+    model = vox_tf.load(out / "model")
+    assert model.metadata()["fine_arch"] == results["fine_arch"]
+    assert model.params_coarse == results["params_coarse"]
+    # The chosen layers come from the searched space.
+    for spec in (results["coarse_arch"], results["fine_arch"]):
+        layers = [layer.split(":") for layer in spec.split(",")]
+        assert 1 <= len(layers) <= 2 and all(int(w) in (8, 16) for w, _ in layers)
+    # The reloaded reconstructor gives the reconstruction the search scored.
+    assert model.predict_grid().sum() == results["predicted_voxels"]
+
+
+def _plugin_names(directory, pattern="**/events.out.tfevents.*"):
+    """{(plugin name, tag)} of every summary in the event files under ``directory``."""
+    names = set()
+    for path in Path(directory).glob(pattern):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                names.add((value.metadata.plugin_data.plugin_name, value.tag))
+    return names
+
+
+def test_tensorboard_has_hparams_for_every_trial_and_loss_curves(run):
+    out, results = run
+    for stage in ("coarse", "fine"):
+        logs = out / "tensorboard" / stage
+        root = {tag for plugin, tag in _plugin_names(logs, "events.out.tfevents.*") if plugin == "hparams"}
+        assert "_hparams_/experiment" in root
+        trials = sorted(p for p in logs.iterdir() if p.is_dir())
+        assert len(trials) == results[f"trials_{stage}"]
+        for trial in trials:
+            tags = _plugin_names(trial)
+            assert ("hparams", "_hparams_/session_start_info") in tags, trial
+            assert any(tag == "epoch_loss" for _, tag in tags), trial
+    assert any(tag == "epoch_loss" for _, tag in _plugin_names(out / "model" / "fine"))
+
+
+def test_rerun_reuses_finished_trials(run, tiny_config):
+    out, results = run
+    trial_files = sorted((out / "search").glob("*/trial_*/trial.json"))
+    before = {p: p.stat().st_mtime_ns for p in trial_files}
+    again = search.run_search(sphere_voxels(), load_config(tiny_config), out, verbose=0)
+    assert again["trials"] == results["trials"]
+    assert sorted((out / "search").glob("*/trial_*/trial.json")) == trial_files
+    assert {p: p.stat().st_mtime_ns for p in trial_files} == before
+    assert again["fine_arch"] == results["fine_arch"]
+
+
+def test_rerun_with_other_settings_is_refused(run, tiny_config):
+    out, _ = run
+    other = load_config(tiny_config)
+    other.fine.final_epochs += 1
+    with pytest.raises(ValueError, match="another config"):
+        search.run_search(sphere_voxels(), other, out, verbose=0)
+
+
+def test_batch_records_failures_and_summarizes(tmp_path, tiny_config):
+    def broken():
+        raise MeshError("broken.obj", "no faces")
+
+    sources = [ModelSource("broken", broken), ModelSource("sphere", lambda: sphere_voxels(16))]
+    config = load_config(tiny_config)
+    config.resolution, config.coarse_resolution = 16, 8
+    rows = run_batch(sources, config, tmp_path, verbose=0)
+    assert [r["model"] for r in rows] == ["broken", "sphere"]
+    assert "no faces" in rows[0]["error"] and not rows[1]["error"]
+    with open(tmp_path / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["model"] for r in table] == ["broken", "sphere", "mean of 1"]
+    assert float(table[2]["iou"]) == pytest.approx(rows[1]["iou"])
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| sphere |" in markdown and "failed: " in markdown
+    assert vox_tf.load(tmp_path / "sphere" / "model").resolution == 16
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", {"fine": {"filter": {"top": 0}}})
+    cases = [["--config", str(bad)], ["--mesh", str(tmp_path / "missing.obj")]]
+    for args in cases:
+        out = tmp_path / "out"
+        done = subprocess.run([sys.executable, "-m", "vox_tf.search", *args, "--out", str(out)],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert not out.exists()

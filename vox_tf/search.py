@@ -1,0 +1,357 @@
+"""From a mesh to the smallest two-stage network that reconstructs it: ``python -m vox_tf.search``.
+
+    python -m vox_tf.search --out runs/demo                       # built-in shape, quick config
+    python -m vox_tf.search --mesh bunny.obj --config tuner_configs/quick.yaml --out runs/bunny
+    python -m vox_tf.search --voxel bunny128.npz --out runs/bunny
+    python -m vox_tf.search --mesh-dir meshes/ --out runs/many    # one run per mesh + summary
+    python -m vox_tf.search --tfds voxel_dataset/surface_128 --out runs/tfds
+
+Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse first:
+
+1. search: keras_tuner.Hyperband over the stage's space (vox_tf.search_space), each trial
+   scored on its reconstruction of the grid;
+2. filter: the ``top`` best architectures retrained ``epochs`` each; the smallest whose
+   accuracy is within ``tolerance`` of the best is chosen. The fine stage is searched inside
+   the mask of the chosen coarse network;
+3. final: both chosen architectures trained by vox_tf.train.train_hierarchy.
+
+Run directory (DIR = --out)::
+
+    search.json                  config and voxel fingerprint; a re-run must match them
+    search/coarse/ search/fine/  keras_tuner projects (oracle.json, trial_*/)
+    search/coarse_filter/NN/ search/fine_filter/NN/   filter retraining (model.keras, done.json)
+    tensorboard/coarse/ tensorboard/fine/   every trial: loss curves + HParams dashboard
+    model/                       the final run of vox_tf.train: vox_tf.load("DIR/model"),
+                                 its TensorBoard logs, reconstruction.npz/.ply, errors.ply
+    results.json preview.png     the trainer's results plus coarse_arch, fine_arch, trials,
+                                 seconds_search; the trainer's preview
+
+Re-running the same command resumes: finished trials, filter runs and stages are reused.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import keras_tuner
+import tensorflow as tf
+
+from vox_tf.errors import MeshError
+from vox_tf.exports import PREVIEW_FILE, RESULTS_FILE, write_results
+from vox_tf.files import atomic_output
+from vox_tf.grid import VoxelGrid
+from vox_tf.metrics import parameter_count
+from vox_tf.search_config import SearchConfig, load_config
+from vox_tf.search_space import (OBJECTIVE, StageHyperModel, arch_from_values,
+                                 encoding_from_values, train_config)
+from vox_tf.train import (BACKUP_DIR, BEST_WEIGHTS_FILE, STATE_FILE, check_resolutions, coarse_stage_data, fine_stage_data, train_hierarchy,
+                          train_stage, voxel_fingerprint)
+
+RUN_FILE = "search.json"
+DONE_FILE = "done.json"
+MODEL_DIR = "model"
+SEARCH_DIR = "search"
+TENSORBOARD_DIR = "tensorboard"
+
+
+@dataclass
+class Candidate:
+    """One architecture (with its encoding) and how it scored.
+
+    Attributes:
+        arch: "units:activation,...".
+        encoding: dict positional_levels, triplane_resolution, triplane_channels.
+        score: the objective; accuracy, params: behind it.
+        trial_id: keras_tuner trial it came from ("" for filter results).
+    """
+
+    arch: str
+    encoding: dict
+    score: float
+    accuracy: float
+    params: int
+    trial_id: str = ""
+
+
+@dataclass
+class StageChoice:
+    """What the search and filter of one stage chose."""
+
+    arch: str
+    encoding: dict
+    model: keras.Model
+    trials: int
+    seconds_search: float
+    seconds_filter: float
+    candidates: list
+
+
+def make_tuner(hypermodel, config: SearchConfig, stage, run_dir, distribution_strategy=None):
+    """keras_tuner.Hyperband on ``hypermodel`` with its project in DIR/search/<stage>."""
+    hyperband = config.stage(stage).hyperband
+    return keras_tuner.Hyperband(
+        hypermodel, objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
+        max_epochs=hyperband.max_epochs, factor=hyperband.factor,
+        hyperband_iterations=hyperband.iterations, seed=config.seed,
+        directory=str(Path(run_dir) / SEARCH_DIR), project_name=stage, overwrite=False,
+        distribution_strategy=distribution_strategy,
+        # A trial that fails (e.g. out of memory) is recorded and the search goes on.
+        max_consecutive_failed_trials=3)
+
+
+def write_hparams_config(logdir, tuner):
+    """Declares the search space and the metrics for TensorBoard's HParams dashboard."""
+    from tensorboard.plugins.hparams import api as hp_api
+    from keras_tuner.src.engine.tuner_utils import convert_hyperparams_to_hparams
+
+    hparams = list(convert_hyperparams_to_hparams(tuner.oracle.get_space(), hp_api))
+    # keras.callbacks.TensorBoard writes epoch_<name> scalars under each trial's train/.
+    metrics = [hp_api.Metric(f"epoch_{name}", group="train", display_name=name)
+               for name in (OBJECTIVE, "iou", "accuracy", "chamfer_l2", "loss")]
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp_api.hparams_config(hparams=hparams, metrics=metrics)
+
+
+def completed_candidates(tuner):
+    """Each distinct (architecture, encoding) of the finished trials at its best score, best first."""
+    best = {}
+    for trial in tuner.oracle.trials.values():
+        if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED or trial.score is None:
+            continue
+        values = trial.hyperparameters.values
+        arch = arch_from_values(values)
+        encoding = encoding_from_values(values, tuner.hypermodel.config)
+        key = (arch, json.dumps(encoding, sort_keys=True))
+        metrics = trial.metrics
+        candidate = Candidate(arch, encoding, float(trial.score),
+                              float(metrics.get_best_value("accuracy")),
+                              int(metrics.get_best_value("params")), trial.trial_id)
+        if key not in best or candidate.score > best[key].score:
+            best[key] = candidate
+    return sorted(best.values(), key=lambda c: -c.score)
+
+
+def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, verbose):
+    """Retrains the top candidates longer; returns (chosen Candidate, its model, all results).
+
+    The chosen one is the smallest whose accuracy is within the stage's tolerance of the best
+    retrained accuracy. Each retraining lives in DIR/search/<stage>_filter/NN (TensorBoard,
+    resume checkpoint, model.keras, done.json) and is skipped once done.
+    """
+    settings = config.stage(stage).filter
+    results, models = [], []
+    for index, candidate in enumerate(candidates[:settings.top]):
+        directory = Path(run_dir) / SEARCH_DIR / f"{stage}_filter" / f"{index:02d}"
+        done_path, model_path = directory / DONE_FILE, directory / "model.keras"
+        if done_path.exists() and model_path.exists():
+            done = json.loads(done_path.read_text())
+            if done["arch"] == candidate.arch and done["encoding"] == candidate.encoding:
+                results.append(Candidate(**done["candidate"]))
+                models.append(model_path)
+                continue
+            shutil.rmtree(directory)  # a different trial ranking: retrain this slot
+        print(f"{stage} filter {index + 1}/{min(settings.top, len(candidates))}: "
+              f"{candidate.arch}, {settings.epochs} epochs", file=sys.stderr)
+        train_settings = train_config(config, candidate.encoding, verbose=verbose)
+        keras.utils.set_random_seed(config.seed)
+        model = train_settings.build(candidate.arch, name=stage)
+        result = train_stage(model, data, settings.epochs, train_settings, stage_dir=directory)
+        params = parameter_count(model)
+        retrained = Candidate(candidate.arch, candidate.encoding,
+                              config.stage(stage).objective.score(result.metrics, params),
+                              result.metrics["accuracy"], params, candidate.trial_id)
+        with atomic_output(model_path) as tmp:
+            model.save(tmp)
+        with atomic_output(done_path) as tmp:
+            tmp.write_text(json.dumps({"arch": candidate.arch, "encoding": candidate.encoding,
+                                       "candidate": retrained.__dict__, "metrics": result.metrics,
+                                       "seconds": result.seconds, "epochs": result.epochs},
+                                      indent=2))
+        # As vox_tf.train does for a finished stage: the resume state only serves an unfinished one.
+        shutil.rmtree(directory / BACKUP_DIR, ignore_errors=True)
+        for leftover in (STATE_FILE, BEST_WEIGHTS_FILE):
+            (directory / leftover).unlink(missing_ok=True)
+        results.append(retrained)
+        models.append(model_path)
+    chosen = pick_smallest(results, settings.tolerance)
+    model = keras.saving.load_model(models[results.index(chosen)], compile=False)
+    return chosen, model, results
+
+
+def pick_smallest(candidates, tolerance):
+    """The candidate with the fewest parameters among those within ``tolerance`` of the best accuracy.
+
+    Example:
+        >>> pick_smallest([Candidate("64:elu", {}, 0, 0.99995, 900),
+        ...                Candidate("16:elu", {}, 0, 0.99990, 300)], 1e-4).arch
+        '16:elu'
+    """
+    best = max(c.accuracy for c in candidates)
+    eligible = [c for c in candidates if c.accuracy >= best - tolerance]
+    return min(eligible, key=lambda c: (c.params, -c.accuracy))
+
+
+def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribution_strategy=None):
+    """Hyperband then filter for one stage; returns StageChoice."""
+    run_dir = Path(run_dir)
+    started = time.monotonic()
+    hypermodel = StageHyperModel(stage, data, config, search_encoding=stage == "fine",
+                                 verbose=verbose)
+    tuner = make_tuner(hypermodel, config, stage, run_dir, distribution_strategy)
+    logdir = run_dir / TENSORBOARD_DIR / stage
+    write_hparams_config(logdir, tuner)
+    print(f"{stage} search: Hyperband, max_epochs {config.stage(stage).hyperband.max_epochs}, "
+          f"grid {data.resolution}^3", file=sys.stderr)
+    tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir), write_graph=False)],
+                 verbose=verbose)
+    candidates = completed_candidates(tuner)
+    if not candidates:
+        raise RuntimeError(f"{stage} search: no trial finished; see {tuner.project_dir}")
+    seconds_search = time.monotonic() - started
+    started = time.monotonic()
+    chosen, model, _ = filter_candidates(stage, data, candidates, config, run_dir, verbose)
+    trials = sum(1 for t in tuner.oracle.trials.values()
+                 if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED)
+    print(f"{stage} stage: chose {chosen.arch} ({chosen.params:,} params, accuracy "
+          f"{chosen.accuracy:.6f}) from {trials} trials", file=sys.stderr)
+    return StageChoice(chosen.arch, chosen.encoding, model, trials, seconds_search,
+                       time.monotonic() - started, candidates)
+
+
+def check_run(run_dir, config: SearchConfig, voxels: VoxelGrid):
+    """Raises ValueError if ``run_dir`` holds a search with another config or other voxels."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    current = {"config": config.to_dict(), "voxels": voxel_fingerprint(voxels)}
+    if previous != json.loads(json.dumps(current)):
+        changed = [k for k in current if previous.get(k) != json.loads(json.dumps(current[k]))]
+        raise ValueError(f"{run_dir} holds a search with another {' and '.join(changed)}; "
+                         "re-run it unchanged to resume, or choose another --out")
+
+
+def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
+               distribution_strategy=None):
+    """The whole search on one voxel model into ``run_dir``; resumable.
+
+    Returns:
+        dict, the content of DIR/results.json: vox_tf.train's results (iou, chamfer_l2,
+        params_coarse, params_fine, seconds_coarse, seconds_fine, ...) plus coarse_arch,
+        fine_arch, trials (both stages), trials_coarse/fine, seconds_search (search and
+        filter of both stages), seconds per phase, and the encoding.
+
+    Example:
+        >>> run_search(VoxelGrid.load("bunny128.npz"), load_config(), "runs/bunny")["iou"]
+    """
+    run_dir = Path(run_dir)
+    check_resolutions(voxels, train_config(config))
+    check_run(run_dir, config, voxels)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(run_dir / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps({"config": config.to_dict(), "voxels": voxel_fingerprint(voxels)},
+                                  indent=2))
+    started = time.monotonic()
+    coarse_settings = train_config(config)
+    coarse = search_stage("coarse", coarse_stage_data(voxels, coarse_settings), config, run_dir,
+                          verbose, distribution_strategy)
+    fine = search_stage("fine", fine_stage_data(voxels, coarse.model, coarse_settings), config,
+                        run_dir, verbose, distribution_strategy)
+    seconds_search = time.monotonic() - started
+
+    print(f"final training: coarse {coarse.arch}, fine {fine.arch}", file=sys.stderr)
+    final = train_config(config, fine.encoding, coarse.arch, fine.arch, verbose=verbose,
+                         epochs_coarse=config.coarse.final_epochs,
+                         epochs_fine=config.fine.final_epochs)
+    results = train_hierarchy(voxels, final, run_dir / MODEL_DIR)
+    results.update({
+        "coarse_arch": coarse.arch, "fine_arch": fine.arch, **fine.encoding,
+        "trials": coarse.trials + fine.trials, "trials_coarse": coarse.trials,
+        "trials_fine": fine.trials, "seconds_search": seconds_search,
+        "seconds_search_coarse": coarse.seconds_search, "seconds_filter_coarse": coarse.seconds_filter,
+        "seconds_search_fine": fine.seconds_search, "seconds_filter_fine": fine.seconds_filter,
+        "seconds_total": time.monotonic() - started,
+    })
+    write_results(run_dir / RESULTS_FILE, results)
+    with atomic_output(run_dir / PREVIEW_FILE) as tmp:
+        shutil.copyfile(run_dir / MODEL_DIR / PREVIEW_FILE, tmp)
+    return results
+
+
+def summary_line(results, out):
+    return (f"IoU {100 * results['iou']:.3f} %  chamfer {results['chamfer_l2']:.3g}  "
+            f"params {results['params_coarse']:,} + {results['params_fine']:,}  "
+            f"arch {results['coarse_arch']} | {results['fine_arch']}  "
+            f"trials {results['trials']}  seconds {results['seconds_total']:.0f}  -> {out}")
+
+
+def single_voxels(args, config: SearchConfig):
+    """The one model of --mesh, --voxel, or the built-in default shape, as a VoxelGrid."""
+    from vox_tf.mesh_io import from_trimesh
+    from vox_tf.shapes import DEFAULT_SHAPE, default_shape
+    from vox_tf.voxelize import voxelize, voxelize_file
+
+    if args.voxel:
+        return VoxelGrid.load(args.voxel)
+    if args.mesh:
+        return voxelize_file(args.mesh, config.resolution, fill=config.fill)
+    return voxelize(from_trimesh(default_shape(), f"builtin/{DEFAULT_SHAPE}"), config.resolution,
+                    fill=config.fill)
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m vox_tf.search",
+        description="Search the smallest coarse and fine occupancy networks that reconstruct a "
+                    "voxel model (Keras Tuner Hyperband, filter, final training). Without a "
+                    "source it runs on a built-in shape. Re-run the same command to resume.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--mesh", help="mesh file (.obj .ply .stl .off .glb), voxelized at the "
+                                       "config's resolution")
+    source.add_argument("--voxel", help="voxel file (.npz of python -m vox_tf.voxelize)")
+    source.add_argument("--mesh-dir", help="one search per mesh file under this folder")
+    source.add_argument("--tfds", help='one search per example of a TFDS config, e.g. '
+                                       '"voxel_dataset/surface_128"')
+    p.add_argument("--data-dir", help="TFDS data directory (with --tfds)")
+    p.add_argument("--config", help="search config YAML (default: tuner_configs/quick.yaml)")
+    p.add_argument("--out", default="runs/search", help="run directory (default: runs/search)")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0 silent, 1 progress bars, 2 one line per epoch")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    # Every check on the input runs before the search writes anything.
+    try:
+        config = load_config(args.config)
+        if args.mesh_dir or args.tfds:
+            from vox_tf.batch import mesh_dir_sources, run_batch, tfds_sources
+
+            sources = (mesh_dir_sources(args.mesh_dir, config) if args.mesh_dir
+                       else tfds_sources(args.tfds, args.data_dir))
+        else:
+            voxels = single_voxels(args, config)
+            check_resolutions(voxels, train_config(config))
+            check_run(args.out, config, voxels)
+    except ValueError as err:  # MeshError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.mesh_dir or args.tfds:
+        rows = run_batch(sources, config, args.out, args.verbose)
+        failed = sum(1 for r in rows if r.get("error"))
+        print(f"{len(rows) - failed} of {len(rows)} models searched, {failed} failed  -> "
+              f"{Path(args.out) / 'summary.md'}")
+        return 0 if failed < len(rows) else 1
+    results = run_search(voxels, config, args.out, args.verbose)
+    print(summary_line(results, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Settings of ``python -m vox_tf.search``: typed dataclasses read from a YAML file.
+
+Every key is documented in tuner_configs/README.md. Loading checks everything up front:
+an unknown key or a bad value raises :class:`vox_tf.errors.MeshError` naming the file and the
+key (``"quick.yaml: coarse.hyperband.max_epochs: must be an integer >= 1, got 0"``), so a
+typo never surfaces an hour into a search.
+
+Example:
+    >>> config = load_config(DEFAULT_CONFIG)
+    >>> config.fine.hyperband.max_epochs
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vox_tf.errors import MeshError
+from vox_tf.models import ACTIVATIONS
+
+CONFIG_DIR = Path(__file__).resolve().parent / "tuner_configs"
+"""Where the shipped configs live inside the package (tuner_configs/ is installed there)."""
+
+
+def _shipped_config_dir():
+    # A source checkout keeps the configs at the repository root, beside the package.
+    repo = Path(__file__).resolve().parents[1] / "tuner_configs"
+    return CONFIG_DIR if CONFIG_DIR.is_dir() else repo
+
+
+DEFAULT_CONFIG = _shipped_config_dir() / "quick.yaml"
+
+WIDTHS = {32: (8, 16, 24, 32, 40, 48), 64: (8, 16, 32, 40, 48, 64), 128: (16, 32, 40, 48, 64),
+          256: (16, 32, 48, 64, 128), 512: (32, 48, 64, 96, 128)}
+"""Layer widths searched per resolution (METHOD.md); other resolutions use the nearest list."""
+
+OBJECTIVES = ("reward", "accuracy", "iou")
+
+
+def widths_for(resolution):
+    """METHOD.md's width list for the grid resolution nearest to ``resolution``.
+
+    Example:
+        >>> widths_for(128)
+        (16, 32, 40, 48, 64)
+    """
+    return WIDTHS[min(WIDTHS, key=lambda r: (abs(r - resolution), r))]
+
+
+@dataclass
+class ObjectiveConfig:
+    """What a trial is scored by, on its reconstruction of the grid (direction: max).
+
+    kind "reward": (accuracy - a) + (b - params) / c, METHOD.md's size-aware reward;
+    "accuracy" or "iou": that metric alone.
+    """
+
+    kind: str = "reward"
+    a: float = 0.98
+    b: float = 7553.0
+    c: float = 21121.0
+
+    def check(self):
+        _require(self.kind in OBJECTIVES, "kind", f"must be one of {', '.join(OBJECTIVES)}")
+        _require(self.c > 0, "c", "must be > 0")
+
+    def score(self, metrics, params):
+        """The objective value of one reconstruction (metrics of vox_tf.metrics.grid_metrics)."""
+        if self.kind == "reward":
+            return (metrics["accuracy"] - self.a) + (self.b - params) / self.c
+        return float(metrics[self.kind])
+
+
+@dataclass
+class HyperbandConfig:
+    """keras_tuner.Hyperband's budget: epochs of the longest trial, reduction factor, iterations."""
+
+    max_epochs: int = 40
+    factor: int = 3
+    iterations: int = 1
+
+    def check(self):
+        _require_int(self, "max_epochs", 1)
+        _require_int(self, "factor", 2)
+        _require_int(self, "iterations", 1)
+
+
+@dataclass
+class FilterConfig:
+    """Retrain the ``top`` best trials' architectures for ``epochs``, keep the smallest whose
+    accuracy is within ``tolerance`` of the best one's."""
+
+    top: int = 10
+    epochs: int = 100
+    tolerance: float = 1e-4
+
+    def check(self):
+        _require_int(self, "top", 1)
+        _require_int(self, "epochs", 1)
+        _require(self.tolerance >= 0, "tolerance", "must be >= 0")
+
+
+@dataclass
+class StageSearchConfig:
+    """Search space and budget of one stage (coarse or fine).
+
+    widths: layer widths to choose from (None: METHOD.md's list for the stage's resolution).
+    """
+
+    min_layers: int = 1
+    max_layers: int = 6
+    widths: list | None = None
+    activations: list = field(default_factory=lambda: list(ACTIVATIONS))
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    hyperband: HyperbandConfig = field(default_factory=HyperbandConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    final_epochs: int = 250
+
+    def check(self):
+        _require_int(self, "min_layers", 1)
+        _require_int(self, "max_layers", self.min_layers)
+        if self.widths is not None:
+            _require(len(self.widths) > 0 and all(_is_int(w) and w >= 1 for w in self.widths),
+                     "widths", "must be a non-empty list of positive integers")
+        _require(len(self.activations) > 0 and set(self.activations) <= set(ACTIVATIONS),
+                 "activations", f"must be a non-empty list from {', '.join(ACTIVATIONS)}")
+        _require_int(self, "final_epochs", 1)
+
+    def widths_at(self, resolution):
+        return list(self.widths) if self.widths is not None else list(widths_for(resolution))
+
+
+@dataclass
+class EncodingConfig:
+    """Input encodings. A list searches those values (in the fine stage; see the README).
+
+    positional_levels: L of the positional encoding, null for none.
+    triplane_resolution: lattice cells per side of the tri-planes, null for none.
+    triplane_channels: features per plane.
+    """
+
+    positional_levels: int | None | list = 6
+    triplane_resolution: int | None | list = 32
+    triplane_channels: int | list = 2
+
+    def check(self):
+        for name in ("positional_levels", "triplane_resolution", "triplane_channels"):
+            values = self.choices(name)
+            allow_none = name != "triplane_channels"
+            _require(len(values) > 0 and all((v is None and allow_none) or (_is_int(v) and v >= 0)
+                                             for v in values),
+                     name, "must be a non-negative integer" + (", null" if allow_none else "")
+                     + " or a list of them")
+
+    def choices(self, name):
+        """The values of one setting as a list (one element when it is not searched)."""
+        value = getattr(self, name)
+        return list(value) if isinstance(value, list) else [value]
+
+    def first(self):
+        """The unsearched setting: the first value of each list."""
+        return {name: self.choices(name)[0] for name in
+                ("positional_levels", "triplane_resolution", "triplane_channels")}
+
+
+@dataclass
+class TrainingConfig:
+    """Training settings shared by trials, the filter step and the final training (vox_tf.train).
+
+    jit_compile applies to the filter and final training; jit_compile_trials to search trials,
+    whose short runs rarely repay XLA's compile time (seconds per new model on a CPU).
+    """
+
+    batch_size: int = 4096
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    lr_factor: float = 0.7
+    lr_patience: int = 10
+    min_lr: float = 1e-7
+    eval_every: int = 5
+    jit_compile: bool = True
+    jit_compile_trials: bool = False
+
+    def check(self):
+        for name in ("batch_size", "lr_patience", "eval_every"):
+            _require_int(self, name, 1)
+        _require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
+
+
+@dataclass
+class SearchConfig:
+    """The whole search: grid, encodings, training, and each stage's space and budget."""
+
+    resolution: int = 128
+    fill: bool = False
+    coarse_resolution: int = 32
+    seed: int = 0
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    coarse: StageSearchConfig = field(default_factory=StageSearchConfig)
+    fine: StageSearchConfig = field(default_factory=lambda: StageSearchConfig(
+        hyperband=HyperbandConfig(max_epochs=60), filter=FilterConfig(epochs=200),
+        final_epochs=1000))
+
+    def check(self):
+        _require_int(self, "resolution", 8)
+        _require_int(self, "coarse_resolution", 1)
+        _require(self.coarse_resolution <= self.resolution, "coarse_resolution",
+                 f"must not exceed resolution ({self.resolution})")
+
+    def stage(self, name):
+        return getattr(self, name)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _BadValue(ValueError):
+    def __init__(self, key, reason):
+        super().__init__(reason)
+        self.key = key
+
+
+def _require(condition, key, reason):
+    if not condition:
+        raise _BadValue(key, reason)
+
+
+def _require_int(obj, name, minimum):
+    value = getattr(obj, name)
+    _require(_is_int(value) and value >= minimum, name,
+             f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _matches(value, annotation):
+    """Whether a YAML value fits a field's type annotation (int accepted where float is)."""
+    if annotation is typing.Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return _is_int(value)
+    if annotation in (list,) or origin is list:
+        return isinstance(value, list)
+    return isinstance(value, annotation)
+
+
+def from_dict(cls, data, prefix=""):
+    """Builds dataclass ``cls`` from a nested dict, checking keys, types and values.
+
+    Raises ValueError "KEY: reason" (dotted key path) on the first problem.
+
+    Every field must be given (see :func:`load_config` for defaults filled in).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'the file'}: must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{prefix}{unknown[0]}: unknown key; known keys here are "
+                         f"{', '.join(sorted(fields))}")
+    values = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = from_dict(annotation, value, f"{prefix}{name}.")
+        elif not _matches(value, annotation):
+            raise ValueError(f"{prefix}{name}: expected {_describe(annotation)}, got {value!r}")
+        else:
+            values[name] = value
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        try:
+            obj.check()
+        except _BadValue as err:
+            raise ValueError(f"{prefix}{err.key}: {err}") from None
+    return obj
+
+
+def _merged(defaults, overrides):
+    """``overrides`` laid over ``defaults``, mapping by mapping (unknown keys kept, for the check)."""
+    if not isinstance(defaults, dict) or not isinstance(overrides, dict):
+        return overrides
+    return {**defaults, **{k: _merged(defaults.get(k), v) for k, v in overrides.items()}}
+
+
+def _describe(annotation):
+    text = str(annotation).replace("typing.", "").replace("NoneType", "null")
+    return text.replace("<class '", "").replace("'>", "")
+
+
+def load_config(path=None):
+    """Reads a YAML search config; ``None`` reads the shipped quick config.
+
+    Missing keys take the defaults of the dataclasses (METHOD.md's values).
+
+    Raises:
+        MeshError: "<file>: <key>: <reason>" for a missing or unreadable file, bad YAML, an
+            unknown key, a wrong type or an out-of-range value.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise MeshError(path, f"cannot read the config ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise MeshError(path, f"not valid YAML ({err})") from None
+    try:
+        return from_dict(SearchConfig, _merged(SearchConfig().to_dict(), data if data is not None else {}))
+    except ValueError as err:
+        raise MeshError(path, str(err)) from None

@@ -1,0 +1,152 @@
+"""The search space of one stage as a keras_tuner.HyperModel, scored on the grid's reconstruction.
+
+Hyperparameters (keras_tuner conditional ones: ``width_i`` and ``activation_i`` exist only
+while ``layers > i``)::
+
+    layers          Int  [min_layers, max_layers]
+    width_0..5      Choice of the stage's widths (METHOD.md's list for its resolution)
+    activation_0..5 Choice of swish, relu, elu
+    positional_levels, triplane_resolution, triplane_channels
+                    Choice, only for encoding settings given as lists (fine stage)
+
+``fit()`` trains with vox_tf.train.train_stage, then reconstructs the stage's grid once and
+returns {objective, accuracy, iou, chamfer_l2, params, wrong_voxels}; the tuner maximizes
+``objective`` (vox_tf.search_config.ObjectiveConfig).
+"""
+
+import keras
+import keras_tuner
+
+from vox_tf.metrics import parameter_count
+from vox_tf.models import format_arch
+from vox_tf.search_config import SearchConfig
+from vox_tf.train import StageData, TrainConfig, compile_for_training, train_stage
+
+OBJECTIVE = "objective"
+ENCODING_KEYS = ("positional_levels", "triplane_resolution", "triplane_channels")
+NONE_CHOICE = -1
+"""keras_tuner's Choice holds no None: -1 stands for "no such encoding"."""
+
+
+def train_config(config: SearchConfig, encoding=None, coarse_arch="8:relu", fine_arch="8:relu",
+                 verbose=0, **changes):
+    """The vox_tf.train.TrainConfig of the search's training settings and an encoding.
+
+    Args:
+        encoding: dict of ENCODING_KEYS values; None takes the first value of each setting.
+        changes: further TrainConfig fields (epochs_coarse, eval_every, ...).
+    """
+    t = config.training
+    encoding = encoding or config.encoding.first()
+    settings = dict(batch_size=t.batch_size, eval_every=t.eval_every,
+                    learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+                    lr_factor=t.lr_factor, lr_patience=t.lr_patience, min_lr=t.min_lr,
+                    coarse_resolution=config.coarse_resolution, jit_compile=t.jit_compile,
+                    seed=config.seed, verbose=verbose, **encoding)
+    return TrainConfig(coarse_arch, fine_arch, **{**settings, **changes})
+
+
+def arch_from_values(values):
+    """Hyperparameter values (dict) -> architecture text "units:activation,...".
+
+    Example:
+        >>> arch_from_values({"layers": 2, "width_0": 16, "activation_0": "elu",
+        ...                   "width_1": 8, "activation_1": "relu", "width_2": 48})
+        '16:elu,8:relu'
+    """
+    return format_arch([(values[f"width_{i}"], values[f"activation_{i}"])
+                        for i in range(values["layers"])])
+
+
+def encoding_from_values(values, config: SearchConfig):
+    """The encoding a trial used: searched settings from ``values``, the rest from the config."""
+    encoding = config.encoding.first()
+    for key in ENCODING_KEYS:
+        if key in values:
+            encoding[key] = None if values[key] == NONE_CHOICE else values[key]
+    return encoding
+
+
+class StageHyperModel(keras_tuner.HyperModel):
+    """Architectures of one stage (and, for the fine stage, encodings) for keras_tuner.
+
+    Args:
+        stage: "coarse" or "fine".
+        data: vox_tf.train.StageData the trials train on and are scored against.
+        config: SearchConfig.
+        search_encoding: declare list-valued encoding settings as hyperparameters.
+        verbose: Keras progress output of each trial.
+    """
+
+    def __init__(self, stage, data: StageData, config: SearchConfig, search_encoding=False,
+                 verbose=1):
+        super().__init__(name=f"{stage}_stage")
+        self.stage, self.data, self.config = stage, data, config
+        self.settings = config.stage(stage)
+        self.search_encoding, self.verbose = search_encoding, verbose
+
+    def declare_space(self, hp):
+        """Declares the hyperparameters; returns (architecture text, encoding dict)."""
+        s = self.settings
+        layers = hp.Int("layers", s.min_layers, s.max_layers)
+        widths = s.widths_at(self.data.resolution)
+        arch = []
+        for i in range(s.max_layers):
+            # Conditional: width_i and activation_i only count while layers > i.
+            with hp.conditional_scope("layers", list(range(i + 1, s.max_layers + 1))):
+                width = hp.Choice(f"width_{i}", widths)
+                activation = hp.Choice(f"activation_{i}", list(s.activations))
+            if i < layers:
+                arch.append((width, activation))
+        encoding = self.config.encoding.first()
+        if self.search_encoding:
+            for key in ENCODING_KEYS:
+                choices = self.config.encoding.choices(key)
+                if len(choices) > 1:
+                    value = hp.Choice(key, [NONE_CHOICE if c is None else c for c in choices])
+                    encoding[key] = None if value == NONE_CHOICE else value
+        return format_arch(arch), encoding
+
+    def build(self, hp):
+        arch, encoding = self.declare_space(hp)
+        model = train_config(self.config, encoding).build(arch, name=self.stage)
+        # Compiled here, inside the tuner's distribution-strategy scope (MirroredStrategy).
+        return compile_for_training(model, train_config(
+            self.config, encoding, jit_compile=self.config.training.jit_compile_trials))
+
+    def fit(self, hp, model, *args, epochs=1, initial_epoch=0, callbacks=(), **kwargs):
+        """Trains ``epochs - initial_epoch`` epochs and scores the reconstruction.
+
+        Hyperband continues a promising trial from its parent's weights (loaded by the
+        tuner) with initial_epoch > 0: only the remaining epochs are trained. The grid is
+        reconstructed after the last epoch only, which is when the objective appears in
+        the logs (so keras_tuner's best-epoch checkpoint holds the scored weights).
+        """
+        _, encoding = self.declare_space(hp)
+        epochs_to_train = max(1, epochs - initial_epoch)
+        config = train_config(self.config, encoding, eval_every=epochs_to_train,
+                              jit_compile=self.config.training.jit_compile_trials,
+                              verbose=self.verbose)
+        scorer = ObjectiveLogger(self.settings.objective)
+        result = train_stage(model, self.data, epochs_to_train, config,
+                             callbacks=[scorer, *callbacks])
+        return scored_metrics(result.metrics, parameter_count(model), self.settings.objective)
+
+
+def scored_metrics(metrics, params, objective):
+    """What a trial reports to the tuner: the objective and the figures behind it."""
+    return {OBJECTIVE: objective.score(metrics, params), "accuracy": metrics["accuracy"],
+            "iou": metrics["iou"], "chamfer_l2": metrics["chamfer_l2"],
+            "wrong_voxels": float(metrics["wrong_voxels"]), "params": float(params)}
+
+
+class ObjectiveLogger(keras.callbacks.Callback):
+    """Adds the objective to the epoch logs whenever the grid was evaluated (TensorBoard shows it)."""
+
+    def __init__(self, objective):
+        super().__init__()
+        self.objective = objective
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "accuracy" in logs and "iou" in logs:
+            logs[OBJECTIVE] = self.objective.score(logs, parameter_count(self.model))
