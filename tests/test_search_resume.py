@@ -1,0 +1,65 @@
+"""A search killed with SIGKILL after its first finished trial resumes from its saved trials."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+# 16^3 sphere (8^3 coarse stage), Hyperband of 5 trials per stage, a few epochs each.
+CONFIG = {
+    "resolution": 16, "coarse_resolution": 8,
+    "encoding": {"positional_levels": 2, "triplane_resolution": None},
+    "training": {"batch_size": 256, "learning_rate": 0.01, "jit_compile": False, "eval_every": 5},
+    **{stage: {"max_layers": 2, "widths": [8, 16], "hyperband": {"max_epochs": 2, "factor": 2},
+               "filter": {"top": 1, "epochs": 10}, "final_epochs": 10}
+       for stage in ("coarse", "fine")},
+}
+SPHERE = "import trimesh; trimesh.creation.icosphere(subdivisions=2).export('{path}')"
+
+
+def finished_trials(project):
+    ids = set()
+    for path in Path(project).glob("trial_*/trial.json"):
+        if json.loads(path.read_text())["status"] == "COMPLETED":
+            ids.add(path.parent.name)
+    return ids
+
+
+def test_killed_search_resumes_without_rerunning_trials(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    mesh = tmp_path / "sphere.obj"
+    subprocess.run([sys.executable, "-c", SPHERE.format(path=mesh)], check=True)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vox_tf.search", "--mesh", str(mesh), "--config", str(config),
+               "--out", str(out), "--verbose", "0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    project = out / "search" / "coarse"
+    deadline = time.monotonic() + 120
+    while not finished_trials(project) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = finished_trials(project)
+    assert before, "no trial finished before the kill"
+    stamps = {t: (project / t / "trial.json").stat().st_mtime_ns for t in before}
+    assert not (out / "results.json").exists()
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    after = finished_trials(project)
+    # The trials finished before the kill are kept, untouched, and the search completed
+    # with as many trials as Hyperband's schedule holds (5 per stage here).
+    assert before <= after
+    assert {t: (project / t / "trial.json").stat().st_mtime_ns for t in before} == stamps
+    assert results["trials_coarse"] == len(after) == 5
+    assert results["trials_fine"] == 5
+    assert (out / "model" / "metadata.json").exists()
