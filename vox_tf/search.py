@@ -27,10 +27,22 @@ Run directory (DIR = --out)::
                                  seconds_search; the trainer's preview
 
 Re-running the same command resumes: finished trials, filter runs and stages are reused.
+
+Distributed trials (Keras Tuner's chief/worker mode), one process per role, sharing DIR::
+
+    export KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000
+    KERASTUNER_TUNER_ID=chief   python -m vox_tf.search --mesh m.obj --out DIR &
+    KERASTUNER_TUNER_ID=tuner1  python -m vox_tf.search --mesh m.obj --out DIR &
+    KERASTUNER_TUNER_ID=tuner2  python -m vox_tf.search --mesh m.obj --out DIR
+
+The chief serves the trials of each stage to the workers, then runs the filter and the final
+training alone; workers wait for the chief's coarse choice before the fine stage's trials.
+``--mirrored`` trains each trial on every visible GPU (tf.distribute.MirroredStrategy).
 """
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -40,6 +52,7 @@ from pathlib import Path
 import keras
 import keras_tuner
 import tensorflow as tf
+from keras_tuner.src.distribute import utils as keras_tuner_distribute
 
 from vox_tf.errors import MeshError
 from vox_tf.exports import PREVIEW_FILE, RESULTS_FILE, write_results
@@ -196,31 +209,61 @@ def pick_smallest(candidates, tolerance):
     return min(eligible, key=lambda c: (c.params, -c.accuracy))
 
 
+def distributed_role():
+    """"chief", "worker" or None (one process), from Keras Tuner's environment variables.
+
+    KERASTUNER_TUNER_ID ("chief" for the chief, any other id for a worker),
+    KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (where the chief's oracle listens).
+    """
+    if not keras_tuner_distribute.has_chief_oracle():
+        return None
+    return "chief" if keras_tuner_distribute.is_chief_oracle() else "worker"
+
+
 def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribution_strategy=None):
-    """Hyperband then filter for one stage; returns StageChoice."""
+    """Hyperband then filter for one stage; returns StageChoice.
+
+    In distributed mode the chief serves the trials (Keras Tuner's oracle) and then filters;
+    a worker runs trials until the oracle has none left and returns None.
+    """
     run_dir = Path(run_dir)
     started = time.monotonic()
     hypermodel = StageHyperModel(stage, data, config, search_encoding=stage == "fine",
                                  verbose=verbose)
     tuner = make_tuner(hypermodel, config, stage, run_dir, distribution_strategy)
     logdir = run_dir / TENSORBOARD_DIR / stage
-    write_hparams_config(logdir, tuner)
+    if distributed_role() != "worker":
+        write_hparams_config(logdir, tuner)
     print(f"{stage} search: Hyperband, max_epochs {config.stage(stage).hyperband.max_epochs}, "
           f"grid {data.resolution}^3", file=sys.stderr)
     tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir), write_graph=False)],
                  verbose=verbose)
+    if distributed_role() == "worker":
+        return None
     candidates = completed_candidates(tuner)
     if not candidates:
         raise RuntimeError(f"{stage} search: no trial finished; see {tuner.project_dir}")
     seconds_search = time.monotonic() - started
     started = time.monotonic()
     chosen, model, _ = filter_candidates(stage, data, candidates, config, run_dir, verbose)
+    # Distributed workers wait for this file to start the next stage's trials.
+    with atomic_output(run_dir / SEARCH_DIR / f"{stage}_choice.keras") as tmp:
+        model.save(tmp)
     trials = sum(1 for t in tuner.oracle.trials.values()
                  if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED)
     print(f"{stage} stage: chose {chosen.arch} ({chosen.params:,} params, accuracy "
           f"{chosen.accuracy:.6f}) from {trials} trials", file=sys.stderr)
     return StageChoice(chosen.arch, chosen.encoding, model, trials, seconds_search,
                        time.monotonic() - started, candidates)
+
+
+def wait_for_choice(run_dir, stage, poll_seconds=1.0):
+    """A worker's wait for the chief's chosen model of ``stage`` (its next search needs it)."""
+    path = Path(run_dir) / SEARCH_DIR / f"{stage}_choice.keras"
+    print(f"waiting for the chief to choose the {stage} network ({path})", file=sys.stderr)
+    while not path.exists():
+        time.sleep(poll_seconds)
+    return keras.saving.load_model(path, compile=False)
 
 
 def check_run(run_dir, config: SearchConfig, voxels: VoxelGrid):
@@ -260,8 +303,11 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
     coarse_settings = train_config(config)
     coarse = search_stage("coarse", coarse_stage_data(voxels, coarse_settings), config, run_dir,
                           verbose, distribution_strategy)
-    fine = search_stage("fine", fine_stage_data(voxels, coarse.model, coarse_settings), config,
+    coarse_model = coarse.model if coarse else wait_for_choice(run_dir, "coarse")
+    fine = search_stage("fine", fine_stage_data(voxels, coarse_model, coarse_settings), config,
                         run_dir, verbose, distribution_strategy)
+    if fine is None:  # a distributed worker: the chief filters and trains the final networks
+        return None
     seconds_search = time.monotonic() - started
 
     print(f"final training: coarse {coarse.arch}, fine {fine.arch}", file=sys.stderr)
@@ -320,6 +366,8 @@ def _parser():
     p.add_argument("--data-dir", help="TFDS data directory (with --tfds)")
     p.add_argument("--config", help="search config YAML (default: tuner_configs/quick.yaml)")
     p.add_argument("--out", default="runs/search", help="run directory (default: runs/search)")
+    p.add_argument("--mirrored", action="store_true",
+                   help="train each trial on all visible GPUs (tf.distribute.MirroredStrategy)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0 silent, 1 progress bars, 2 one line per epoch")
     return p
@@ -348,7 +396,12 @@ def main(argv=None) -> int:
         print(f"{len(rows) - failed} of {len(rows)} models searched, {failed} failed  -> "
               f"{Path(args.out) / 'summary.md'}")
         return 0 if failed < len(rows) else 1
-    results = run_search(voxels, config, args.out, args.verbose)
+    strategy = tf.distribute.MirroredStrategy() if args.mirrored else None
+    results = run_search(voxels, config, args.out, args.verbose, strategy)
+    if results is None:
+        print(f"worker {os.environ['KERASTUNER_TUNER_ID']}: no trials left, the chief finishes "
+              f"the search in {args.out}")
+        return 0
     print(summary_line(results, args.out))
     return 0
 
