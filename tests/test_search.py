@@ -156,23 +156,23 @@ def test_rerun_with_other_settings_is_refused(run, tiny_config):
         search.run_search(sphere_voxels(), other, out, verbose=0)
 
 
-def test_batch_records_failures_and_summarizes(tmp_path, tiny_config):
+def test_batch_records_failures_and_summarizes(run, tiny_config):
     def broken():
         raise MeshError("broken.obj", "no faces")
 
-    sources = [ModelSource("broken", broken), ModelSource("sphere", lambda: sphere_voxels(16))]
-    config = load_config(tiny_config)
-    config.resolution, config.coarse_resolution = 16, 8
-    rows = run_batch(sources, config, tmp_path, verbose=0)
+    # The sphere's run directory is the finished search of `run`: the batch resumes it.
+    out, results = run
+    sources = [ModelSource("broken", broken), ModelSource("sphere", sphere_voxels)]
+    rows = run_batch(sources, load_config(tiny_config), out.parent, verbose=0)
     assert [r["model"] for r in rows] == ["broken", "sphere"]
     assert "no faces" in rows[0]["error"] and not rows[1]["error"]
-    with open(tmp_path / "summary.csv") as f:
+    assert rows[1]["iou"] == results["iou"]
+    with open(out.parent / "summary.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["model"] for r in table] == ["broken", "sphere", "mean of 1"]
     assert float(table[2]["iou"]) == pytest.approx(rows[1]["iou"])
-    markdown = (tmp_path / "summary.md").read_text()
+    markdown = (out.parent / "summary.md").read_text()
     assert "| sphere |" in markdown and "failed: " in markdown
-    assert vox_tf.load(tmp_path / "sphere" / "model").resolution == 16
 
 
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
