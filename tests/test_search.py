@@ -177,11 +177,14 @@ def test_batch_records_failures_and_summarizes(run, tiny_config):
 
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", {"fine": {"filter": {"top": 0}}})
-    cases = [["--config", str(bad)], ["--mesh", str(tmp_path / "missing.obj")]]
-    for args in cases:
+    # Run from another directory: the default config is still found, the mesh is what fails.
+    cases = {"bad.yaml: fine.filter.top": ["--config", str(bad)],
+             "missing.obj": ["--mesh", str(tmp_path / "missing.obj")]}
+    for expected, args in cases.items():
         out = tmp_path / "out"
         done = subprocess.run([sys.executable, "-m", "vox_tf.search", *args, "--out", str(out)],
                               capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 2, done.stderr
-        assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and expected in last, last
         assert not out.exists()
