@@ -54,7 +54,6 @@ import keras_tuner
 import tensorflow as tf
 from keras_tuner.src.distribute import utils as keras_tuner_distribute
 
-from vox_tf.errors import MeshError
 from vox_tf.exports import PREVIEW_FILE, RESULTS_FILE, write_results
 from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
