@@ -153,11 +153,13 @@ setup(
     description="Voxel reconstruction with tiny neural networks found by architecture search",
     python_requires=">=3.11",
     packages=find_packages(include=["vox_tf", "vox_tf.*"]) + [
-        "vox_tf.datasets", "vox_tf.datasets.voxel_dataset"],
+        "vox_tf.datasets", "vox_tf.datasets.voxel_dataset", "vox_tf.tuner_configs"],
     # The TFDS builder lives in the top-level datasets/ folder but installs under vox_tf, so
-    # no top-level package named `datasets` shadows the popular library of that name.
-    package_dir={"vox_tf.datasets": "datasets"},
-    package_data={"vox_tf.datasets.voxel_dataset": ["*.md", "*.tsv"],
+    # no top-level package named `datasets` shadows the popular library of that name; the
+    # search configs travel with the package so the default one is found from anywhere.
+    package_dir={"vox_tf.datasets": "datasets", "vox_tf.tuner_configs": "tuner_configs"},
+    package_data={"vox_tf.datasets.voxel_dataset": ["*.md"],
+                  "vox_tf.tuner_configs": ["*.yaml", "*.md"],
                   "vox_tf.ops": ["_build_info.json"]},
     ext_modules=[Extension("vox_tf.ops._vox_ops", sources=_sources())],
     cmdclass={"build_ext": BuildTensorFlowOps},
