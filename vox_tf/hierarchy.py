@@ -48,8 +48,9 @@ def occupancy_grid(model, resolution, mask=None, batch_size=PREDICT_BATCH):
     """
     grid = np.zeros((resolution,) * 3, dtype=bool)
     for points, indices in grid_points(resolution, mask=mask, batch_size=batch_size):
-        # predict_on_batch reuses the model's compiled predict function (XLA when compiled so).
-        occupied = np.asarray(model.predict_on_batch(points))[:, 0] > THRESHOLD
+        # A direct call, not predict_on_batch: under MirroredStrategy Keras 3.15's
+        # predict_on_batch returns every replica's outputs stacked (2B rows for B points).
+        occupied = np.asarray(model(points, training=False))[:, 0] > THRESHOLD
         i = indices.numpy()
         grid[i[:, 0], i[:, 1], i[:, 2]] = occupied
     return grid

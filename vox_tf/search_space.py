@@ -14,11 +14,8 @@ returns {objective, accuracy, iou, chamfer_l2, params, wrong_voxels}; the tuner 
 ``objective`` (vox_tf.search_config.ObjectiveConfig).
 """
 
-import dataclasses
-
 import keras
 import keras_tuner
-import tensorflow as tf
 
 from vox_tf.metrics import parameter_count
 from vox_tf.models import format_arch
@@ -70,23 +67,6 @@ def encoding_from_values(values, config: SearchConfig):
     return encoding
 
 
-class SingleDeviceStage(StageData):
-    """A StageData that reconstructs with a single-device twin of a distributed model.
-
-    Keras' predict_on_batch on a model built under tf.distribute.MirroredStrategy returns
-    every replica's answers stacked (twice the points with two replicas), so the grid is
-    evaluated by a copy of the model, made outside the strategy, holding the same weights.
-    """
-
-    def reconstruct(self, model):
-        if not tf.distribute.has_strategy() and model.distribute_strategy is tf.distribute.get_strategy():
-            return super().reconstruct(model)
-        if getattr(self, "_twin_of", None) is not model:
-            self._twin_of, self._twin = model, keras.models.clone_model(model)
-        self._twin.set_weights(model.get_weights())
-        return super().reconstruct(self._twin)
-
-
 class StageHyperModel(keras_tuner.HyperModel):
     """Architectures of one stage (and, for the fine stage, encodings) for keras_tuner.
 
@@ -102,7 +82,7 @@ class StageHyperModel(keras_tuner.HyperModel):
                  verbose=1):
         super().__init__(name=f"{stage}_stage")
         self.stage, self.config = stage, config
-        self.data = SingleDeviceStage(**{f.name: getattr(data, f.name) for f in dataclasses.fields(data)})
+        self.data = data
         self.settings = config.stage(stage)
         self.search_encoding, self.verbose = search_encoding, verbose
 
