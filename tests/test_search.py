@@ -188,3 +188,37 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and expected in last, last
         assert not out.exists()
+
+
+def test_tfds_source_gives_the_voxels_of_each_built_example(tmp_path):
+    import tensorflow_datasets as tfds
+
+    import vox_tf.datasets  # noqa: F401 - registers voxel_dataset
+    from vox_tf.batch import tfds_sources
+    from vox_tf.voxelize import voxelize_file
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.icosphere(subdivisions=2).export(meshes / "ball.obj")
+    trimesh.creation.box().export(meshes / "box.stl")
+    builder = tfds.builder("voxel_dataset/surface_32", data_dir=str(tmp_path / "data"))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(meshes)))
+
+    sources = tfds_sources("voxel_dataset/surface_32", data_dir=str(tmp_path / "data"))
+    files = {"ball": meshes / "ball.obj", "box": meshes / "box.stl"}
+    assert sorted(s.name for s in sources) == sorted(files)
+    for source in sources:
+        voxels = source.load()
+        expected = voxelize_file(files[source.name], 32)
+        assert voxels.resolution == 32
+        assert (voxels.indices == expected.indices).all()
+
+
+def test_cli_unknown_tfds_dataset_exits_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = search.main(["--tfds", "voxel_dataset/surface_32", "--data-dir", str(tmp_path),
+                        "--out", str(out)])
+    assert code == 2
+    assert "error: voxel_dataset/surface_32: cannot load" in capsys.readouterr().err
+    assert not out.exists()

@@ -68,10 +68,13 @@ def tfds_sources(name, data_dir=None):
     from vox_tf.sampling import as_voxel_grid
 
     try:
-        dataset = tfds.load(name, split="train", data_dir=data_dir)
+        # download=False: an unbuilt dataset is an error to report, not a build to start here.
+        dataset = tfds.load(name, split="train", data_dir=data_dir, download=False)
         examples = list(tfds.as_numpy(dataset))
     except Exception as err:  # TFDS raises many types for a missing or unbuilt dataset
-        raise MeshError(name, f"cannot load the TFDS dataset ({err})") from None
+        raise MeshError(name, f"cannot load the TFDS dataset ({err}); build it first with "
+                              f"`tfds build {name.split('/')[0]} --imports vox_tf.datasets "
+                              f"--config CONFIG`") from None
     keys = [_text(e.get("name", str(i))) for i, e in enumerate(examples)]
     return [ModelSource(n, lambda e=e: as_voxel_grid(e)) for n, e in zip(_unique_names(keys), examples)]
 
