@@ -175,3 +175,22 @@ def test_command_line_exit_status(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "missing.npz" in proc.stderr
     assert not out.exists()
+
+
+def _learning_rate_after(losses, patience=2):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    plateau = train.RelativePlateau(monitor="loss", factor=0.5, patience=patience, verbose=0)
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    for epoch, loss in enumerate(losses):
+        plateau.on_epoch_end(epoch, {"loss": loss})
+    return float(model.optimizer.learning_rate.numpy())
+
+
+def test_plateau_is_relative_so_small_losses_still_count_as_improving():
+    # A loss near 1e-3 falling 2 % an epoch: Keras' absolute min_delta (1e-4) would call this
+    # a plateau and cut the learning rate; the reference's relative test does not.
+    falling = [1e-3 * 0.98 ** epoch for epoch in range(12)]
+    assert _learning_rate_after(falling) == pytest.approx(1e-3)
+    assert _learning_rate_after([1e-3] * 12) < 1e-3
