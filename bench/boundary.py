@@ -1,10 +1,11 @@
 """Times vox_tf's dual_voxel_boundary op against a SciPy and a pure TensorFlow version.
 
-    python bench/boundary.py [--resolutions 128 256 512] [--repeats 3]
+    python bench/boundary.py [--resolutions 128 256 512] [--repeats 3] [--smoke]
 
-The occupancy is a solid (filled) bunny from ../shared/meshes/real, or a filled torus when that
-folder is absent, at each resolution. The three versions are first checked to give identical
-labels; then the median times and the op's speed-up over the faster of the other two.
+The occupancy is a solid (filled) bunny from ../shared/meshes/real, or the built-in torus when
+that folder is absent, at each resolution. The three versions are first checked to give
+identical labels; then the median times and the op's speed-up over the faster of the other two.
+``--smoke``: 32^3 only, one repeat.
 """
 
 import argparse
@@ -15,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _common import parse_args, shared_or_builtin  # noqa: E402
 from reference_ops import boundary_reference  # noqa: E402
 from vox_tf import ops  # noqa: E402
-from vox_tf.mesh_io import from_trimesh, load_mesh  # noqa: E402
 
-BUNNY = Path(__file__).resolve().parents[2] / "shared" / "meshes" / "real" / "bunny.obj"
+SMOKE = {"resolutions": [32], "repeats": 1}
 
 
 @tf.function
@@ -45,8 +45,7 @@ def boundary_tensorflow(occupancy):
 
 def solid(resolution):
     """bool [R, R, R]: a filled watertight model."""
-    mesh = load_mesh(BUNNY) if BUNNY.exists() else from_trimesh(
-        trimesh.creation.torus(major_radius=1.0, minor_radius=0.4), "torus")
+    mesh = shared_or_builtin("bunny.obj", "torus")
     voxels = ops.voxelize_mesh(mesh.vertices, mesh.faces, resolution, fill=True).numpy()
     grid = np.zeros((resolution,) * 3, bool)
     grid[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = True
@@ -67,7 +66,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing (median)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, SMOKE, argv)
     print(f"{'R':>5} {'occupied':>11} {'op s':>8} {'scipy s':>8} {'tf s':>8} {'speed-up':>9}")
     for resolution in args.resolutions:
         occupancy, source = solid(resolution)

@@ -1,7 +1,9 @@
 """Build time and TFRecord bytes of voxel_dataset over real meshes and procedural ones.
 
     python bench/dataset.py [--config surface_256] [--procedural 100] [--faces 50000]
-                            [--real ../shared/meshes/real]
+                            [--real ../shared/meshes/real] [--smoke]
+
+``--smoke``: surface_32 over the real meshes (when present) and two blobs of ~2,000 faces.
 """
 
 import argparse
@@ -12,9 +14,10 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 import vox_tf.datasets  # noqa: F401 - registers voxel_dataset
+from _common import SHARED_REAL, parse_args
 from vox_tf.shapes import random_blob
 
-DEFAULT_REAL = Path(__file__).resolve().parents[2] / "shared" / "meshes" / "real"
+SMOKE = {"config": "surface_32", "procedural": 2, "faces": 2000}
 
 
 def build_and_measure(config, manual_dir, data_dir):
@@ -37,13 +40,13 @@ def report(label, figures):
           f"= {records / max(voxels, 1):.3f} bytes per occupied voxel ({voxels:,} voxels)")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="surface_256")
-    parser.add_argument("--real", default=str(DEFAULT_REAL))
+    parser.add_argument("--real", default=str(SHARED_REAL))
     parser.add_argument("--procedural", type=int, default=100, help="number of random blobs")
     parser.add_argument("--faces", type=int, default=50_000, help="faces per random blob")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE, argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

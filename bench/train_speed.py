@@ -1,6 +1,6 @@
 """Training and inference speed of the reference's fine network on this machine's CPU.
 
-    python bench/train_speed.py [--arch ARCH] [--steps N] [--threads T]
+    python bench/train_speed.py [--arch ARCH] [--steps 60] [--batches 20] [--smoke]
 
 Prints, with and without XLA (jit_compile): training samples/s (batch 4096, Adam, BCE, the
 way vox_tf.train trains), inference points/s (65,536-point batches, the way
@@ -14,6 +14,8 @@ Peak: cores x GHz x FP32 FLOPs per cycle per core. With AVX-512 and two FMA unit
 16 lanes x 2 (multiply + add) x 2 units = 64 FLOPs/cycle; AMD Zen 4 (CPU family 25) runs
 512-bit instructions on 256-bit units, so 32 there. GHz is the nominal clock that lscpu /
 /proc/cpuinfo report (turbo ignored).
+
+``--smoke``: 2 timed training steps and 2 inference batches.
 """
 
 import argparse
@@ -28,8 +30,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _common import parse_args  # noqa: E402
 from vox_tf.models import build_occupancy_model, input_features  # noqa: E402
 
+SMOKE = {"steps": 2, "batches": 2}
 REFERENCE_FINE = "128:elu,64:swish,64:elu,64:relu,128:swish,128:swish"
 TRAIN_BATCH = 4096
 PREDICT_BATCH = 65536
@@ -92,12 +96,12 @@ def inference_rate(arch, jit, batches):
     return batches * PREDICT_BATCH / (time.perf_counter() - start)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default=REFERENCE_FINE)
     parser.add_argument("--steps", type=int, default=60, help="timed training steps")
     parser.add_argument("--batches", type=int, default=20, help="timed inference batches")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE, argv)
 
     peak, note = machine_peak_gflops()
     model = build_occupancy_model(args.arch)

@@ -1,0 +1,70 @@
+"""Every README benchmark runs (``--smoke``: smallest sizes) and prints the figures it exists for.
+
+The figures themselves are not judged (timings on a busy machine mean nothing); what is checked
+is that each script finishes and reports its table, so a broken benchmark fails here.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_REAL = ROOT.parent / "shared" / "meshes" / "real"
+NUMBER = r"[\d,]+(?:\.\d+)?"
+
+
+def run_smoke(script):
+    """stdout of ``python bench/SCRIPT --smoke`` run from the repository root; it must exit 0."""
+    result = subprocess.run([sys.executable, f"bench/{script}", "--smoke"], cwd=ROOT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"bench/{script} --smoke failed:\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_voxelize_bench_prints_speed_ups_and_a_clean_surface_check():
+    out = run_smoke("voxelize.py")
+    assert re.search(r"op s .* trimesh s .* speed-up", out)
+    rows = re.findall(rf"^(\S+)\s+\d+\s+32\s+{NUMBER}\s+\d+\s+{NUMBER}\s+\d+\s+{NUMBER}x",
+                      out, re.M)
+    assert "icosphere3" in rows
+    checks = re.findall(r"^(\S+)\s+(\d+) of 10,000 samples outside occupied voxels$", out, re.M)
+    assert set(rows) <= {name for name, _ in checks}
+    assert all(missed == "0" for _, missed in checks), out
+
+
+def test_boundary_bench_prints_a_speed_up_after_the_versions_agree():
+    out = run_smoke("boundary.py")
+    assert re.search(rf"^\s+32\s+\d+\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", out, re.M), out
+    assert "all three versions agree on every voxel" in out
+
+
+def test_dataset_bench_prints_build_time_and_bytes_per_voxel():
+    out = run_smoke("dataset.py")
+    figures = (rf"{{examples}} examples \(0 skipped\) in {NUMBER} s \({NUMBER} s/mesh\); "
+               rf"TFRecords {NUMBER} MiB = {NUMBER} bytes per occupied voxel")
+    assert re.search("surface_32 over 2 procedural meshes: " + figures.format(examples=2), out), out
+    if SHARED_REAL.is_dir():
+        real = f"surface_32 over {re.escape(str(SHARED_REAL))}: "
+        assert re.search(real + figures.format(examples=r"\d+"), out), out
+    else:
+        assert "real meshes skipped" in out
+
+
+def test_sampling_bench_prints_the_peak_memory_of_the_fine_set():
+    out = run_smoke("sampling.py")
+    bunny = SHARED_REAL / "bunny.obj"
+    source = bunny if bunny.exists() else "torus"
+    assert f"fine set of {source}" in out
+    assert re.search(rf"^R=64: occupied {NUMBER}, .* {NUMBER} samples/epoch; built in {NUMBER} s; "
+                     rf"peak RSS \d+ MiB", out, re.M), out
+
+
+def test_train_speed_bench_prints_rates_with_and_without_xla():
+    out = run_smoke("train_speed.py")
+    assert re.search(r"^machine peak \d+ GFLOP/s", out, re.M)
+    for jit in ("False", "True "):
+        assert re.search(rf"^jit_compile={jit}\s+training\s+{NUMBER} samples/s .* % of peak\)\s+"
+                         rf"inference\s+{NUMBER} points/s", out, re.M), out
