@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from test_search_resume import CONFIG, SPHERE
+from test_search_resume import CONFIG, search_command
 
 
 def free_port():
@@ -21,13 +21,7 @@ def free_port():
 
 
 def test_chief_and_two_workers_share_the_trials(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    mesh = tmp_path / "sphere.obj"
-    subprocess.run([sys.executable, "-c", SPHERE.format(path=mesh)], check=True)
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "vox_tf.search", "--mesh", str(mesh), "--config", str(config),
-               "--out", str(out), "--verbose", "0"]
+    command, out = search_command(tmp_path)
     base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERASTUNER_ORACLE_IP": "127.0.0.1",
             "KERASTUNER_ORACLE_PORT": str(free_port())}
     processes = {tuner_id: subprocess.Popen(command, env={**base, "KERASTUNER_TUNER_ID": tuner_id},

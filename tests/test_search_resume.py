@@ -22,6 +22,17 @@ CONFIG = {
 SPHERE = "import trimesh; trimesh.creation.icosphere(subdivisions=2).export('{path}')"
 
 
+def search_command(tmp_path):
+    """(the `python -m vox_tf.search` command on a small sphere with CONFIG, its --out)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    mesh = tmp_path / "sphere.obj"
+    subprocess.run([sys.executable, "-c", SPHERE.format(path=mesh)], check=True)
+    out = tmp_path / "run"
+    return [sys.executable, "-m", "vox_tf.search", "--mesh", str(mesh), "--config", str(config),
+            "--out", str(out), "--verbose", "0"], out
+
+
 def finished_trials(project):
     ids = set()
     for path in Path(project).glob("trial_*/trial.json"):
@@ -31,13 +42,7 @@ def finished_trials(project):
 
 
 def test_killed_search_resumes_without_rerunning_trials(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    mesh = tmp_path / "sphere.obj"
-    subprocess.run([sys.executable, "-c", SPHERE.format(path=mesh)], check=True)
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "vox_tf.search", "--mesh", str(mesh), "--config", str(config),
-               "--out", str(out), "--verbose", "0"]
+    command, out = search_command(tmp_path)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

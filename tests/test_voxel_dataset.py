@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import trimesh
 
 import vox_tf.datasets  # noqa: F401 - registers voxel_dataset
 from vox_tf.datasets.voxel_dataset.voxel_indices import VoxelIndices

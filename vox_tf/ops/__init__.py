@@ -6,7 +6,6 @@ out of range, resolution out of [8, 1024]) raise ``tf.errors.InvalidArgumentErro
 
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
 
 from vox_tf import _oplib as _library
