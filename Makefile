@@ -24,4 +24,4 @@ test: build
 	$(BIN)/python -m pytest -q tests
 
 demo: build
-	$(BIN)/python -m vox_tf.search --out runs/demo
+	$(BIN)/python -m vox_tf.search --out runs/demo $(DEMO_FLAGS)
