@@ -14,7 +14,8 @@ import trimesh
 from vox_tf import hierarchy, train
 from vox_tf.exports import ERROR_CLASSES
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
-from vox_tf.metrics import iou
+from vox_tf.layers import TriPlaneEncoding
+from vox_tf.metrics import iou, parameter_count
 from vox_tf.sampling import coarse_grid, upsample_mask
 
 RESOLUTION = 64
@@ -132,18 +133,67 @@ class InterruptAfter(keras.callbacks.Callback):
             raise Interrupted
 
 
-def test_interrupted_stage_resumes_from_its_last_epoch(voxels, tmp_path):
+def test_interrupted_stage_resumes_from_its_last_checkpoint(voxels, tmp_path):
     config = small_config(eval_every=2)
     data = train.coarse_stage_data(voxels, config)
     with pytest.raises(Interrupted):
         train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path,
-                          callbacks=[InterruptAfter(3)])
+                          callbacks=[InterruptAfter(5)])
+    # Checkpoints come with the evaluations, every 2 epochs: epoch 5 is lost, 4 is kept.
     state = json.loads((tmp_path / train.STATE_FILE).read_text())
-    assert state["epochs_done"] == 3 and state["best_epoch"] == 2
+    assert state["epochs_done"] == 4 and state["best_epoch"] in (2, 4)
     result = train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path)
-    assert len(result.history["loss"]) == 3           # epochs 4..6 only
+    assert len(result.history["loss"]) == 2           # epochs 5..6 only
     assert result.epochs == 6 and result.seconds >= state["elapsed"]
     assert result.best_epoch in (2, 4, 6)
+
+
+def test_cosine_schedule_decays_over_the_budget_and_survives_a_resume(voxels, tmp_path):
+    config = small_config(eval_every=2, lr_schedule="cosine", learning_rate=1e-2, min_lr=1e-4)
+    data = train.coarse_stage_data(voxels, config)
+    with pytest.raises(Interrupted):
+        train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path,
+                          callbacks=[InterruptAfter(4)])
+    result = train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path)
+    expected = [1e-4 + 0.5 * (1e-2 - 1e-4) * (1 + np.cos(np.pi * epoch / 6)) for epoch in (4, 5)]
+    np.testing.assert_allclose(result.history["learning_rate"], expected, rtol=1e-5)
+    assert train.cosine_decay(1e-2, 1e-4, 6)(0) == pytest.approx(1e-2)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        small_config(lr_schedule="linear")
+
+
+def test_coarse_network_can_leave_out_the_triplanes():
+    config = small_config(coarse_triplane=False)
+    coarse, fine = config.build(ARCH, "coarse"), config.build(ARCH, "fine")
+    assert coarse.name == "coarse" and fine.name == "fine"
+    assert not any(isinstance(layer, TriPlaneEncoding) for layer in coarse.layers)
+    assert any(isinstance(layer, TriPlaneEncoding) for layer in fine.layers)
+    # What leaving them out saves: 3 planes x 2 channels x 33^2 lattice points, and the first
+    # layer's weights from the 6 plane features (ARCH's first layer is 32 wide).
+    assert parameter_count(fine) - parameter_count(coarse) == 3 * 2 * 33 * 33 + 6 * 32
+    with_planes = small_config().build(ARCH, "coarse")
+    assert parameter_count(with_planes) == parameter_count(fine)
+
+
+def test_warm_start_keeps_a_clean_stage_and_never_ends_worse(voxels, run):
+    out, _ = run
+    config = small_config(eval_every=5)
+    trained = keras.saving.load_model(out / "coarse.keras", compile=False)
+    data = train.coarse_stage_data(voxels, config)
+    # Judged against its own reconstruction it has no wrong voxel: nothing is trained.
+    own = train.StageData("coarse", data.resolution, data.dataset, data.reconstruct(trained))
+    before = [np.array(w) for w in trained.get_weights()]
+    result = train.train_stage(trained, own, 10, config, warm_start=True)
+    assert result.epochs == 0 and result.best_epoch == 0 and result.metrics["wrong_voxels"] == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
+    # Against a target it misses, training goes on, and ends with the start unless beaten.
+    shifted = np.roll(data.target, 1, axis=0)
+    start_wrong = int((data.reconstruct(trained) != shifted).sum())
+    other = train.StageData("coarse", data.resolution, data.dataset, shifted)
+    result = train.train_stage(trained, other, 5, config, warm_start=True)
+    assert result.epochs == 5 and result.metrics["wrong_voxels"] <= start_wrong
+    if result.best_epoch == 0:
+        assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, voxels, capsys):
