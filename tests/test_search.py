@@ -17,6 +17,7 @@ from vox_tf import search
 from vox_tf.batch import ModelSource, run_batch
 from vox_tf.errors import MeshError
 from vox_tf.mesh_io import from_trimesh
+from vox_tf.layers import TriPlaneEncoding
 from vox_tf.search import Candidate, pick_smallest
 from vox_tf.search_config import DEFAULT_CONFIG, load_config, widths_for
 from vox_tf.search_space import arch_from_values
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Small enough for CI: 32^3 sphere, a 16^3 coarse stage, 5 Hyperband trials of <= 2 epochs.
 TINY = {
     "resolution": 32, "coarse_resolution": 16,
-    "encoding": {"positional_levels": 3, "triplane_resolution": 4},
+    "encoding": {"positional_levels": 3, "triplane_resolution": 4, "coarse_triplane": False},
     "training": {"batch_size": 512, "learning_rate": 0.01, "jit_compile": False, "eval_every": 5},
     **{stage: {"max_layers": 2, "widths": [8, 16], "hyperband": {"max_epochs": 2, "factor": 2},
                "filter": {"top": 2, "epochs": 10}, "final_epochs": 10}
@@ -110,6 +111,9 @@ def test_search_outputs_a_loadable_model_and_results(run):
         assert 1 <= len(layers) <= 2 and all(int(w) in (8, 16) for w, _ in layers)
     # The reloaded reconstructor gives the reconstruction the search scored.
     assert model.predict_grid().sum() == results["predicted_voxels"]
+    # coarse_triplane: false leaves the planes out of the coarse network only.
+    assert not any(isinstance(layer, TriPlaneEncoding) for layer in model.coarse.layers)
+    assert any(isinstance(layer, TriPlaneEncoding) for layer in model.fine.layers)
 
 
 def _plugin_names(directory, pattern="**/events.out.tfevents.*"):
@@ -152,7 +156,7 @@ def test_rerun_with_other_settings_is_refused(run, tiny_config):
     out, _ = run
     other = load_config(tiny_config)
     other.fine.final_epochs += 1
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match=r"search with other settings \(config\.fine\)"):
         search.run_search(sphere_voxels(), other, out, verbose=0)
 
 

@@ -13,7 +13,8 @@ Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse
 2. filter: the ``top`` best architectures retrained ``epochs`` each; the smallest whose
    accuracy is within ``tolerance`` of the best is chosen. The fine stage is searched inside
    the mask of the chosen coarse network;
-3. final: both chosen architectures trained by vox_tf.train.train_hierarchy.
+3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
+   weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``.
 
 Run directory (DIR = --out)::
 
@@ -61,7 +62,8 @@ from vox_tf.metrics import parameter_count
 from vox_tf.search_config import SearchConfig, load_config
 from vox_tf.search_space import (OBJECTIVE, StageHyperModel, arch_from_values,
                                  encoding_from_values, train_config)
-from vox_tf.train import (BACKUP_DIR, BEST_WEIGHTS_FILE, STATE_FILE, check_resolutions, coarse_stage_data, fine_stage_data, train_hierarchy,
+from vox_tf.train import (BACKUP_DIR, BEST_WEIGHTS_FILE, STATE_FILE, check_resolutions,
+                          check_same_run, coarse_stage_data, fine_stage_data, train_hierarchy,
                           train_stage, voxel_fingerprint)
 
 RUN_FILE = "search.json"
@@ -171,7 +173,7 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
               f"{candidate.arch}, {settings.epochs} epochs", file=sys.stderr)
         train_settings = train_config(config, candidate.encoding, verbose=verbose)
         keras.utils.set_random_seed(config.seed)
-        model = train_settings.build(candidate.arch, name=stage)
+        model = train_settings.build(candidate.arch, stage)
         result = train_stage(model, data, settings.epochs, train_settings, stage_dir=directory)
         params = parameter_count(model)
         retrained = Candidate(candidate.arch, candidate.encoding,
@@ -265,17 +267,14 @@ def wait_for_choice(run_dir, stage, poll_seconds=1.0):
     return keras.saving.load_model(path, compile=False)
 
 
+def search_record(config: SearchConfig, voxels: VoxelGrid):
+    """What search.json records and a resumed search must match: the config and the voxels."""
+    return {"config": config.to_dict(), "voxels": voxel_fingerprint(voxels)}
+
+
 def check_run(run_dir, config: SearchConfig, voxels: VoxelGrid):
     """Raises ValueError if ``run_dir`` holds a search with another config or other voxels."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.exists():
-        return
-    previous = json.loads(path.read_text())
-    current = {"config": config.to_dict(), "voxels": voxel_fingerprint(voxels)}
-    if previous != json.loads(json.dumps(current)):
-        changed = [k for k in current if previous.get(k) != json.loads(json.dumps(current[k]))]
-        raise ValueError(f"{run_dir} holds a search with another {' and '.join(changed)}; "
-                         "re-run it unchanged to resume, or choose another --out")
+    check_same_run(Path(run_dir) / RUN_FILE, search_record(config, voxels), "search")
 
 
 def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
@@ -296,8 +295,7 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
     check_run(run_dir, config, voxels)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(run_dir / RUN_FILE) as tmp:
-        tmp.write_text(json.dumps({"config": config.to_dict(), "voxels": voxel_fingerprint(voxels)},
-                                  indent=2))
+        tmp.write_text(json.dumps(search_record(config, voxels), indent=2))
     started = time.monotonic()
     coarse_settings = train_config(config)
     coarse = search_stage("coarse", coarse_stage_data(voxels, coarse_settings), config, run_dir,
@@ -313,7 +311,9 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
     final = train_config(config, fine.encoding, coarse.arch, fine.arch, verbose=verbose,
                          epochs_coarse=config.coarse.final_epochs,
                          epochs_fine=config.fine.final_epochs)
-    results = train_hierarchy(voxels, final, run_dir / MODEL_DIR)
+    # The final training continues from the filter's weights (the chosen models).
+    results = train_hierarchy(voxels, final, run_dir / MODEL_DIR,
+                              start={"coarse": coarse.model, "fine": fine.model})
     results.update({
         "coarse_arch": coarse.arch, "fine_arch": fine.arch, **fine.encoding,
         "trials": coarse.trials + fine.trials, "trials_coarse": coarse.trials,

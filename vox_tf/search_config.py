@@ -20,6 +20,7 @@ import yaml
 
 from vox_tf.errors import MeshError
 from vox_tf.models import ACTIVATIONS
+from vox_tf.train import LR_SCHEDULES, TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "tuner_configs"
 """Where the shipped configs live inside the package (tuner_configs/ is installed there)."""
@@ -140,11 +141,13 @@ class EncodingConfig:
     positional_levels: L of the positional encoding, null for none.
     triplane_resolution: lattice cells per side of the tri-planes, null for none.
     triplane_channels: features per plane.
+    coarse_triplane: whether the coarse network gets the tri-planes too (never searched).
     """
 
     positional_levels: int | None | list = 6
     triplane_resolution: int | None | list = 32
     triplane_channels: int | list = 2
+    coarse_triplane: bool = True
 
     def check(self):
         for name in ("positional_levels", "triplane_resolution", "triplane_channels"):
@@ -166,22 +169,31 @@ class EncodingConfig:
                 ("positional_levels", "triplane_resolution", "triplane_channels")}
 
 
+_TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+TRAINING_KEYS = ("batch_size", "learning_rate", "weight_decay", "lr_schedule", "lr_factor",
+                 "lr_patience", "min_lr", "eval_every", "jit_compile")
+"""The vox_tf.train.TrainConfig settings a search config sets; their defaults are TrainConfig's."""
+
+
 @dataclass
 class TrainingConfig:
     """Training settings shared by trials, the filter step and the final training (vox_tf.train).
 
-    jit_compile applies to the filter and final training; jit_compile_trials to search trials,
-    whose short runs rarely repay XLA's compile time (seconds per new model on a CPU).
+    Each key means what the vox_tf.train.TrainConfig field of the same name means, and
+    defaults to it (METHOD.md's values). jit_compile applies to the filter and final training;
+    jit_compile_trials to search trials, whose short runs rarely repay XLA's compile time
+    (seconds per new model on a CPU).
     """
 
-    batch_size: int = 4096
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
-    lr_factor: float = 0.7
-    lr_patience: int = 10
-    min_lr: float = 1e-7
-    eval_every: int = 5
-    jit_compile: bool = True
+    batch_size: int = _TRAIN["batch_size"]
+    learning_rate: float = _TRAIN["learning_rate"]
+    weight_decay: float = _TRAIN["weight_decay"]
+    lr_schedule: str = _TRAIN["lr_schedule"]
+    lr_factor: float = _TRAIN["lr_factor"]
+    lr_patience: int = _TRAIN["lr_patience"]
+    min_lr: float = _TRAIN["min_lr"]
+    eval_every: int = _TRAIN["eval_every"]
+    jit_compile: bool = _TRAIN["jit_compile"]
     jit_compile_trials: bool = False
 
     def check(self):
@@ -189,7 +201,15 @@ class TrainingConfig:
             _require_int(self, name, 1)
         _require(self.learning_rate > 0, "learning_rate", "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
+                 f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         _require(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
+        _require(0 <= self.min_lr <= self.learning_rate, "min_lr",
+                 f"must be in [0, learning_rate], got {self.min_lr!r}")
+
+    def train_settings(self):
+        """The TrainConfig fields these settings give, as keyword arguments."""
+        return {name: getattr(self, name) for name in TRAINING_KEYS}
 
 
 @dataclass

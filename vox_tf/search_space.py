@@ -36,13 +36,10 @@ def train_config(config: SearchConfig, encoding=None, coarse_arch="8:relu", fine
         encoding: dict of ENCODING_KEYS values; None takes the first value of each setting.
         changes: further TrainConfig fields (epochs_coarse, eval_every, ...).
     """
-    t = config.training
     encoding = encoding or config.encoding.first()
-    settings = dict(batch_size=t.batch_size, eval_every=t.eval_every,
-                    learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-                    lr_factor=t.lr_factor, lr_patience=t.lr_patience, min_lr=t.min_lr,
-                    coarse_resolution=config.coarse_resolution, jit_compile=t.jit_compile,
-                    seed=config.seed, verbose=verbose, **encoding)
+    settings = dict(**config.training.train_settings(), coarse_resolution=config.coarse_resolution,
+                    coarse_triplane=config.encoding.coarse_triplane, seed=config.seed,
+                    verbose=verbose, **encoding)
     return TrainConfig(coarse_arch, fine_arch, **{**settings, **changes})
 
 
@@ -110,7 +107,7 @@ class StageHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         arch, encoding = self.declare_space(hp)
-        model = train_config(self.config, encoding).build(arch, name=self.stage)
+        model = train_config(self.config, encoding).build(arch, self.stage)
         # Compiled here, inside the tuner's distribution-strategy scope (MirroredStrategy).
         return compile_for_training(model, train_config(
             self.config, encoding, jit_compile=self.config.training.jit_compile_trials))
