@@ -217,6 +217,22 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, voxels, capsys):
     assert not out.exists()
 
 
+def test_command_line_schedule_and_coarse_encoding_options(tmp_path, voxels):
+    source = tmp_path / "v.npz"
+    voxels.save(source)
+    out = tmp_path / "out"
+    assert train.main(["--voxel", str(source), "--coarse-arch", ARCH, "--fine-arch", ARCH,
+                       "--epochs-coarse", "2", "--epochs-fine", "2", "--batch-size", "2048",
+                       "--lr-schedule", "cosine", "--learning-rate", "0.01",
+                       "--no-coarse-triplane", "--no-jit", "--verbose", "0",
+                       "--out", str(out)]) == 0
+    recorded = json.loads((out / train.CONFIG_FILE).read_text())["config"]
+    assert recorded["lr_schedule"] == "cosine" and recorded["learning_rate"] == 0.01
+    assert recorded["coarse_triplane"] is False
+    coarse = keras.saving.load_model(out / "coarse.keras", compile=False)
+    assert not any(isinstance(layer, TriPlaneEncoding) for layer in coarse.layers)
+
+
 def test_command_line_exit_status(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "vox_tf.train", "--voxel", str(tmp_path / "missing.npz"),

@@ -571,6 +571,9 @@ def _parser():
                         "budget, fewer epochs to a clean reconstruction")
     p.add_argument("--eval-every", type=int, default=defaults.eval_every,
                    help="epochs between grid reconstructions (metrics, early stop)")
+    p.add_argument("--coarse-triplane", action=argparse.BooleanOptionalAction,
+                   default=defaults.coarse_triplane,
+                   help="tri-plane features for the coarse network too (the reference's default)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--no-jit", action="store_true", help="train without XLA")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=defaults.verbose,
@@ -586,6 +589,7 @@ def main(argv=None) -> int:
         config = TrainConfig(args.coarse_arch, args.fine_arch, epochs_coarse=args.epochs_coarse,
                              epochs_fine=args.epochs_fine, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+                             coarse_triplane=args.coarse_triplane,
                              eval_every=args.eval_every, seed=args.seed,
                              jit_compile=not args.no_jit, verbose=args.verbose)
         voxels = VoxelGrid.load(args.voxel)
