@@ -170,9 +170,7 @@ class EncodingConfig:
 
 
 _TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-TRAINING_KEYS = ("batch_size", "learning_rate", "weight_decay", "lr_schedule", "lr_factor",
-                 "lr_patience", "min_lr", "eval_every", "jit_compile")
-"""The vox_tf.train.TrainConfig settings a search config sets; their defaults are TrainConfig's."""
+"""vox_tf.train.TrainConfig's defaults: those of the TrainingConfig keys it shares."""
 
 
 @dataclass
@@ -208,8 +206,8 @@ class TrainingConfig:
                  f"must be in [0, learning_rate], got {self.min_lr!r}")
 
     def train_settings(self):
-        """The TrainConfig fields these settings give, as keyword arguments."""
-        return {name: getattr(self, name) for name in TRAINING_KEYS}
+        """The TrainConfig fields these settings give (every key but jit_compile_trials)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in _TRAIN}
 
 
 @dataclass

@@ -314,12 +314,16 @@ class GridEvaluation(keras.callbacks.Callback):
         self.last_metrics, self.last_epoch = metrics, epoch + 1
         logs.update({key: metrics[key] for key in LOGGED_METRICS})
         if self.best_metrics is None or metrics["wrong_voxels"] < self.best_metrics["wrong_voxels"]:
-            self.best_metrics, self.best_epoch = metrics, epoch + 1
-            self.best_weights = [np.array(w) for w in self.model.get_weights()]
+            self.keep(self.model, metrics, epoch + 1)
             self._save_best()
         if metrics["wrong_voxels"] == 0:
             self.model.stop_training = True
         self._save_state()
+
+    def keep(self, model, metrics, epoch):
+        """Holds ``model``'s current weights, judged ``metrics`` after ``epoch`` epochs, as the best."""
+        self.best_metrics, self.best_epoch = metrics, epoch
+        self.best_weights = [np.array(w) for w in model.get_weights()]
 
     def _save_best(self):
         if self.state_dir:
@@ -394,8 +398,7 @@ def train_stage(model, data: StageData, epochs, config: TrainConfig, stage_dir=N
     evaluation = GridEvaluation(data, config.eval_every, stage_dir, plateau)
     if warm_start:
         started = time.monotonic()
-        evaluation.best_metrics, evaluation.best_epoch = data.evaluate(model), 0
-        evaluation.best_weights = [np.array(w) for w in model.get_weights()]
+        evaluation.keep(model, data.evaluate(model), 0)
         if evaluation.best_metrics["wrong_voxels"] == 0:
             return StageResult(evaluation.best_metrics, {}, time.monotonic() - started, 0, 0)
     all_callbacks = [evaluation, schedule]
