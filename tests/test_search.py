@@ -13,12 +13,12 @@ import trimesh
 import yaml
 
 import vox_tf
-from vox_tf import search
+from vox_tf import search, search_pipeline
 from vox_tf.batch import ModelSource, run_batch
 from vox_tf.errors import MeshError
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
-from vox_tf.search import Candidate, pick_smallest
+from vox_tf.search_pipeline import Candidate, pick_smallest
 from vox_tf.search_config import DEFAULT_CONFIG, load_config, widths_for
 from vox_tf.search_space import arch_from_values
 from vox_tf.voxelize import voxelize
@@ -53,7 +53,7 @@ def tiny_config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("run") / "sphere"
-    return out, search.run_search(sphere_voxels(), load_config(tiny_config), out, verbose=0)
+    return out, search_pipeline.run_search(sphere_voxels(), load_config(tiny_config), out, verbose=0)
 
 
 def test_shipped_configs_load_with_method_defaults():
@@ -145,7 +145,7 @@ def test_rerun_reuses_finished_trials(run, tiny_config):
     out, results = run
     trial_files = sorted((out / "search").glob("*/trial_*/trial.json"))
     before = {p: p.stat().st_mtime_ns for p in trial_files}
-    again = search.run_search(sphere_voxels(), load_config(tiny_config), out, verbose=0)
+    again = search_pipeline.run_search(sphere_voxels(), load_config(tiny_config), out, verbose=0)
     assert again["trials"] == results["trials"]
     assert sorted((out / "search").glob("*/trial_*/trial.json")) == trial_files
     assert {p: p.stat().st_mtime_ns for p in trial_files} == before
@@ -157,7 +157,7 @@ def test_rerun_with_other_settings_is_refused(run, tiny_config):
     other = load_config(tiny_config)
     other.fine.final_epochs += 1
     with pytest.raises(ValueError, match=r"search with other settings \(config\.fine\)"):
-        search.run_search(sphere_voxels(), other, out, verbose=0)
+        search_pipeline.run_search(sphere_voxels(), other, out, verbose=0)
 
 
 def test_batch_records_failures_and_summarizes(run, tiny_config):

@@ -51,7 +51,7 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import trimesh
-    from vox_tf import search
+    from vox_tf import search_pipeline as search
     from vox_tf.mesh_io import from_trimesh
     from vox_tf.search_config import load_config
     from vox_tf.voxelize import voxelize

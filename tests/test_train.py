@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import trimesh
 
-from vox_tf import hierarchy, train
+from vox_tf import hierarchy, train_config, run_layout, stage_training, train, training_callbacks
 from vox_tf.exports import ERROR_CLASSES
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.layers import TriPlaneEncoding
@@ -35,7 +35,7 @@ def small_config(**changes):
     # XLA off: on tiny runs its compile time outweighs the faster steps.
     settings = dict(epochs_coarse=20, epochs_fine=30, batch_size=512, eval_every=10,
                     jit_compile=False, verbose=0)
-    return train.TrainConfig(ARCH, ARCH, **{**settings, **changes})
+    return train_config.TrainConfig(ARCH, ARCH, **{**settings, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +135,14 @@ class InterruptAfter(keras.callbacks.Callback):
 
 def test_interrupted_stage_resumes_from_its_last_checkpoint(voxels, tmp_path):
     config = small_config(eval_every=2)
-    data = train.coarse_stage_data(voxels, config)
+    data = stage_training.coarse_stage_data(voxels, config)
     with pytest.raises(Interrupted):
-        train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path,
+        stage_training.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path,
                           callbacks=[InterruptAfter(5)])
     # Checkpoints come with the evaluations, every 2 epochs: epoch 5 is lost, 4 is kept.
-    state = json.loads((tmp_path / train.STATE_FILE).read_text())
+    state = json.loads((tmp_path / run_layout.STATE_FILE).read_text())
     assert state["epochs_done"] == 4 and state["best_epoch"] in (2, 4)
-    result = train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path)
+    result = stage_training.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path)
     assert len(result.history["loss"]) == 2           # epochs 5..6 only
     assert result.epochs == 6 and result.seconds >= state["elapsed"]
     assert result.best_epoch in (2, 4, 6)
@@ -150,14 +150,14 @@ def test_interrupted_stage_resumes_from_its_last_checkpoint(voxels, tmp_path):
 
 def test_cosine_schedule_decays_over_the_budget_and_survives_a_resume(voxels, tmp_path):
     config = small_config(eval_every=2, lr_schedule="cosine", learning_rate=1e-2, min_lr=1e-4)
-    data = train.coarse_stage_data(voxels, config)
+    data = stage_training.coarse_stage_data(voxels, config)
     with pytest.raises(Interrupted):
-        train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path,
+        stage_training.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path,
                           callbacks=[InterruptAfter(4)])
-    result = train.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path)
+    result = stage_training.train_stage(config.build(ARCH), data, 6, config, stage_dir=tmp_path)
     expected = [1e-4 + 0.5 * (1e-2 - 1e-4) * (1 + np.cos(np.pi * epoch / 6)) for epoch in (4, 5)]
     np.testing.assert_allclose(result.history["learning_rate"], expected, rtol=1e-5)
-    assert train.cosine_decay(1e-2, 1e-4, 6)(0) == pytest.approx(1e-2)
+    assert training_callbacks.cosine_decay(1e-2, 1e-4, 6)(0) == pytest.approx(1e-2)
     with pytest.raises(ValueError, match="lr_schedule"):
         small_config(lr_schedule="linear")
 
@@ -179,18 +179,18 @@ def test_warm_start_keeps_a_clean_stage_and_never_ends_worse(voxels, run):
     out, _ = run
     config = small_config(eval_every=5)
     trained = keras.saving.load_model(out / "coarse.keras", compile=False)
-    data = train.coarse_stage_data(voxels, config)
+    data = stage_training.coarse_stage_data(voxels, config)
     # Judged against its own reconstruction it has no wrong voxel: nothing is trained.
-    own = train.StageData("coarse", data.resolution, data.dataset, data.reconstruct(trained))
+    own = stage_training.StageData("coarse", data.resolution, data.dataset, data.reconstruct(trained))
     before = [np.array(w) for w in trained.get_weights()]
-    result = train.train_stage(trained, own, 10, config, warm_start=True)
+    result = stage_training.train_stage(trained, own, 10, config, warm_start=True)
     assert result.epochs == 0 and result.best_epoch == 0 and result.metrics["wrong_voxels"] == 0
     assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
     # Against a target it misses, training goes on, and ends with the start unless beaten.
     shifted = np.roll(data.target, 1, axis=0)
     start_wrong = int((data.reconstruct(trained) != shifted).sum())
-    other = train.StageData("coarse", data.resolution, data.dataset, shifted)
-    result = train.train_stage(trained, other, 5, config, warm_start=True)
+    other = stage_training.StageData("coarse", data.resolution, data.dataset, shifted)
+    result = stage_training.train_stage(trained, other, 5, config, warm_start=True)
     assert result.epochs == 5 and result.metrics["wrong_voxels"] <= start_wrong
     if result.best_epoch == 0:
         assert all(np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
@@ -226,7 +226,7 @@ def test_command_line_schedule_and_coarse_encoding_options(tmp_path, voxels):
                        "--lr-schedule", "cosine", "--learning-rate", "0.01",
                        "--no-coarse-triplane", "--no-jit", "--verbose", "0",
                        "--out", str(out)]) == 0
-    recorded = json.loads((out / train.CONFIG_FILE).read_text())["config"]
+    recorded = json.loads((out / run_layout.CONFIG_FILE).read_text())["config"]
     assert recorded["lr_schedule"] == "cosine" and recorded["learning_rate"] == 0.01
     assert recorded["coarse_triplane"] is False
     coarse = keras.saving.load_model(out / "coarse.keras", compile=False)
@@ -246,7 +246,7 @@ def test_command_line_exit_status(tmp_path):
 def _learning_rate_after(losses, patience=2):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    plateau = train.RelativePlateau(monitor="loss", factor=0.5, patience=patience, verbose=0)
+    plateau = training_callbacks.RelativePlateau(monitor="loss", factor=0.5, patience=patience, verbose=0)
     plateau.set_model(model)
     plateau.on_train_begin()
     for epoch, loss in enumerate(losses):

@@ -23,6 +23,7 @@ from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
 from vox_tf.mesh_io import SUPPORTED_SUFFIXES
 from vox_tf.search_config import SearchConfig
+from vox_tf.search_pipeline import run_search, summary_line
 
 SUMMARY_COLUMNS = ("model", "iou", "chamfer_l2", "params_coarse", "params_fine", "params",
                    "bytes_fp32", "seconds", "coarse_arch", "fine_arch", "error")
@@ -100,8 +101,6 @@ def run_batch(sources, config: SearchConfig, out_dir, verbose=1):
     Returns:
         list of summary rows (dicts with SUMMARY_COLUMNS), one per model, failures included.
     """
-    from vox_tf.search import run_search, summary_line
-
     out_dir = Path(out_dir)
     rows = []
     for index, source in enumerate(sources):

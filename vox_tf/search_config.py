@@ -20,7 +20,7 @@ import yaml
 
 from vox_tf.errors import MeshError
 from vox_tf.models import ACTIVATIONS
-from vox_tf.train import LR_SCHEDULES, TrainConfig
+from vox_tf.train_config import LR_SCHEDULES, TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "tuner_configs"
 """Where the shipped configs live inside the package (tuner_configs/ is installed there)."""
@@ -170,14 +170,14 @@ class EncodingConfig:
 
 
 _TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-"""vox_tf.train.TrainConfig's defaults: those of the TrainingConfig keys it shares."""
+"""vox_tf.train_config.TrainConfig's defaults: those of the TrainingConfig keys it shares."""
 
 
 @dataclass
 class TrainingConfig:
     """Training settings shared by trials, the filter step and the final training (vox_tf.train).
 
-    Each key means what the vox_tf.train.TrainConfig field of the same name means, and
+    Each key means what the vox_tf.train_config.TrainConfig field of the same name means, and
     defaults to it (METHOD.md's values). jit_compile applies to the filter and final training;
     jit_compile_trials to search trials, whose short runs rarely repay XLA's compile time
     (seconds per new model on a CPU).

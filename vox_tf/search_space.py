@@ -9,7 +9,7 @@ while ``layers > i``)::
     positional_levels, triplane_resolution, triplane_channels
                     Choice, only for encoding settings given as lists (fine stage)
 
-``fit()`` trains with vox_tf.train.train_stage, then reconstructs the stage's grid once and
+``fit()`` trains with vox_tf.stage_training.train_stage, then reconstructs the stage's grid once and
 returns {objective, accuracy, iou, chamfer_l2, params, wrong_voxels}; the tuner maximizes
 ``objective`` (vox_tf.search_config.ObjectiveConfig).
 """
@@ -20,7 +20,8 @@ import keras_tuner
 from vox_tf.metrics import parameter_count
 from vox_tf.models import format_arch
 from vox_tf.search_config import SearchConfig
-from vox_tf.train import StageData, TrainConfig, compile_for_training, train_stage
+from vox_tf.stage_training import StageData, compile_for_training, train_stage
+from vox_tf.train_config import TrainConfig
 
 OBJECTIVE = "objective"
 ENCODING_KEYS = ("positional_levels", "triplane_resolution", "triplane_channels")
@@ -30,7 +31,7 @@ NONE_CHOICE = -1
 
 def train_config(config: SearchConfig, encoding=None, coarse_arch="8:relu", fine_arch="8:relu",
                  verbose=0, **changes):
-    """The vox_tf.train.TrainConfig of the search's training settings and an encoding.
+    """The vox_tf.train_config.TrainConfig of the search's training settings and an encoding.
 
     Args:
         encoding: dict of ENCODING_KEYS values; None takes the first value of each setting.
@@ -69,7 +70,7 @@ class StageHyperModel(keras_tuner.HyperModel):
 
     Args:
         stage: "coarse" or "fine".
-        data: vox_tf.train.StageData the trials train on and are scored against.
+        data: vox_tf.stage_training.StageData the trials train on and are scored against.
         config: SearchConfig.
         search_encoding: declare list-valued encoding settings as hyperparameters.
         verbose: Keras progress output of each trial.

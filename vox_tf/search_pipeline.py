@@ -1,0 +1,311 @@
+"""The search of one voxel model, phase by phase (the engine of ``python -m vox_tf.search``).
+
+Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse first:
+
+1. search: keras_tuner.Hyperband over the stage's space (vox_tf.search_space), each trial
+   scored on its reconstruction of the grid;
+2. filter: the ``top`` best architectures retrained ``epochs`` each; the smallest whose
+   accuracy is within ``tolerance`` of the best is chosen. The fine stage is searched inside
+   the mask of the chosen coarse network;
+3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
+   weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``.
+
+Run directory (DIR = --out)::
+
+    search.json                  config and voxel fingerprint; a re-run must match them
+    search/coarse/ search/fine/  keras_tuner projects (oracle.json, trial_*/)
+    search/coarse_filter/NN/ search/fine_filter/NN/   filter retraining (model.keras, done.json)
+    tensorboard/coarse/ tensorboard/fine/   every trial: loss curves + HParams dashboard
+    model/                       the final run of vox_tf.train: vox_tf.load("DIR/model"),
+                                 its TensorBoard logs, reconstruction.npz/.ply, errors.ply
+    results.json preview.png     the trainer's results plus coarse_arch, fine_arch, trials,
+                                 seconds_search; the trainer's preview
+
+Re-running the same command resumes: finished trials, filter runs and stages are reused.
+"""
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import keras_tuner
+import tensorflow as tf
+from keras_tuner.src.distribute import utils as keras_tuner_distribute
+
+from vox_tf.exports import PREVIEW_FILE, RESULTS_FILE, write_results
+from vox_tf.files import atomic_output
+from vox_tf.grid import VoxelGrid
+from vox_tf.metrics import parameter_count
+from vox_tf.search_config import SearchConfig
+from vox_tf.search_space import (OBJECTIVE, StageHyperModel, arch_from_values,
+                                 encoding_from_values, train_config)
+from vox_tf.run_layout import (DONE_FILE, MODEL_DIR, RUN_FILE, SEARCH_DIR, TENSORBOARD_DIR,
+                               check_same_run, clear_resume_state, voxel_fingerprint)
+from vox_tf.stage_training import (check_resolutions, coarse_stage_data, fine_stage_data,
+                                   train_stage)
+from vox_tf.train import train_hierarchy
+
+
+@dataclass
+class Candidate:
+    """One architecture (with its encoding) and how it scored.
+
+    Attributes:
+        arch: "units:activation,...".
+        encoding: dict positional_levels, triplane_resolution, triplane_channels.
+        score: the objective; accuracy, params: behind it.
+        trial_id: keras_tuner trial it came from ("" for filter results).
+    """
+
+    arch: str
+    encoding: dict
+    score: float
+    accuracy: float
+    params: int
+    trial_id: str = ""
+
+
+@dataclass
+class StageChoice:
+    """What the search and filter of one stage chose."""
+
+    arch: str
+    encoding: dict
+    model: keras.Model
+    trials: int
+    seconds_search: float
+    seconds_filter: float
+    candidates: list
+
+
+def make_tuner(hypermodel, config: SearchConfig, stage, run_dir, distribution_strategy=None):
+    """keras_tuner.Hyperband on ``hypermodel`` with its project in DIR/search/<stage>."""
+    hyperband = config.stage(stage).hyperband
+    return keras_tuner.Hyperband(
+        hypermodel, objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
+        max_epochs=hyperband.max_epochs, factor=hyperband.factor,
+        hyperband_iterations=hyperband.iterations, seed=config.seed,
+        directory=str(Path(run_dir) / SEARCH_DIR), project_name=stage, overwrite=False,
+        distribution_strategy=distribution_strategy,
+        # A trial that fails (e.g. out of memory) is recorded and the search goes on.
+        max_consecutive_failed_trials=3)
+
+
+def write_hparams_config(logdir, tuner):
+    """Declares the search space and the metrics for TensorBoard's HParams dashboard."""
+    from tensorboard.plugins.hparams import api as hp_api
+    from keras_tuner.src.engine.tuner_utils import convert_hyperparams_to_hparams
+
+    hparams = list(convert_hyperparams_to_hparams(tuner.oracle.get_space(), hp_api))
+    # keras.callbacks.TensorBoard writes epoch_<name> scalars under each trial's train/.
+    metrics = [hp_api.Metric(f"epoch_{name}", group="train", display_name=name)
+               for name in (OBJECTIVE, "iou", "accuracy", "chamfer_l2", "loss")]
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp_api.hparams_config(hparams=hparams, metrics=metrics)
+
+
+def completed_candidates(tuner):
+    """Each distinct (architecture, encoding) of the finished trials at its best score, best first."""
+    best = {}
+    for trial in tuner.oracle.trials.values():
+        if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED or trial.score is None:
+            continue
+        values = trial.hyperparameters.values
+        arch = arch_from_values(values)
+        encoding = encoding_from_values(values, tuner.hypermodel.config)
+        key = (arch, json.dumps(encoding, sort_keys=True))
+        metrics = trial.metrics
+        candidate = Candidate(arch, encoding, float(trial.score),
+                              float(metrics.get_best_value("accuracy")),
+                              int(metrics.get_best_value("params")), trial.trial_id)
+        if key not in best or candidate.score > best[key].score:
+            best[key] = candidate
+    return sorted(best.values(), key=lambda c: -c.score)
+
+
+def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, verbose):
+    """Retrains the top candidates longer; returns (chosen Candidate, its model, all results).
+
+    The chosen one is the smallest whose accuracy is within the stage's tolerance of the best
+    retrained accuracy. Each retraining lives in DIR/search/<stage>_filter/NN (TensorBoard,
+    resume checkpoint, model.keras, done.json) and is skipped once done.
+    """
+    settings = config.stage(stage).filter
+    results, models = [], []
+    for index, candidate in enumerate(candidates[:settings.top]):
+        directory = Path(run_dir) / SEARCH_DIR / f"{stage}_filter" / f"{index:02d}"
+        done_path, model_path = directory / DONE_FILE, directory / "model.keras"
+        if done_path.exists() and model_path.exists():
+            done = json.loads(done_path.read_text())
+            if done["arch"] == candidate.arch and done["encoding"] == candidate.encoding:
+                results.append(Candidate(**done["candidate"]))
+                models.append(model_path)
+                continue
+            shutil.rmtree(directory)  # a different trial ranking: retrain this slot
+        print(f"{stage} filter {index + 1}/{min(settings.top, len(candidates))}: "
+              f"{candidate.arch}, {settings.epochs} epochs", file=sys.stderr)
+        train_settings = train_config(config, candidate.encoding, verbose=verbose)
+        keras.utils.set_random_seed(config.seed)
+        model = train_settings.build(candidate.arch, stage)
+        result = train_stage(model, data, settings.epochs, train_settings, stage_dir=directory)
+        params = parameter_count(model)
+        retrained = Candidate(candidate.arch, candidate.encoding,
+                              config.stage(stage).objective.score(result.metrics, params),
+                              result.metrics["accuracy"], params, candidate.trial_id)
+        with atomic_output(model_path) as tmp:
+            model.save(tmp)
+        with atomic_output(done_path) as tmp:
+            tmp.write_text(json.dumps({"arch": candidate.arch, "encoding": candidate.encoding,
+                                       "candidate": retrained.__dict__, "metrics": result.metrics,
+                                       "seconds": result.seconds, "epochs": result.epochs},
+                                      indent=2))
+        clear_resume_state(directory)
+        results.append(retrained)
+        models.append(model_path)
+    chosen = pick_smallest(results, settings.tolerance)
+    model = keras.saving.load_model(models[results.index(chosen)], compile=False)
+    return chosen, model, results
+
+
+def pick_smallest(candidates, tolerance):
+    """The candidate with the fewest parameters among those within ``tolerance`` of the best accuracy.
+
+    Example:
+        >>> pick_smallest([Candidate("64:elu", {}, 0, 0.99995, 900),
+        ...                Candidate("16:elu", {}, 0, 0.99990, 300)], 1e-4).arch
+        '16:elu'
+    """
+    best = max(c.accuracy for c in candidates)
+    eligible = [c for c in candidates if c.accuracy >= best - tolerance]
+    return min(eligible, key=lambda c: (c.params, -c.accuracy))
+
+
+def distributed_role():
+    """"chief", "worker" or None (one process), from Keras Tuner's environment variables.
+
+    KERASTUNER_TUNER_ID ("chief" for the chief, any other id for a worker),
+    KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (where the chief's oracle listens).
+    """
+    if not keras_tuner_distribute.has_chief_oracle():
+        return None
+    return "chief" if keras_tuner_distribute.is_chief_oracle() else "worker"
+
+
+def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribution_strategy=None):
+    """Hyperband then filter for one stage; returns StageChoice.
+
+    In distributed mode the chief serves the trials (Keras Tuner's oracle) and then filters;
+    a worker runs trials until the oracle has none left and returns None.
+    """
+    run_dir = Path(run_dir)
+    started = time.monotonic()
+    hypermodel = StageHyperModel(stage, data, config, search_encoding=stage == "fine",
+                                 verbose=verbose)
+    tuner = make_tuner(hypermodel, config, stage, run_dir, distribution_strategy)
+    logdir = run_dir / TENSORBOARD_DIR / stage
+    if distributed_role() != "worker":
+        write_hparams_config(logdir, tuner)
+    print(f"{stage} search: Hyperband, max_epochs {config.stage(stage).hyperband.max_epochs}, "
+          f"grid {data.resolution}^3", file=sys.stderr)
+    tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir), write_graph=False)],
+                 verbose=verbose)
+    if distributed_role() == "worker":
+        return None
+    candidates = completed_candidates(tuner)
+    if not candidates:
+        raise RuntimeError(f"{stage} search: no trial finished; see {tuner.project_dir}")
+    seconds_search = time.monotonic() - started
+    started = time.monotonic()
+    chosen, model, _ = filter_candidates(stage, data, candidates, config, run_dir, verbose)
+    # Distributed workers wait for this file to start the next stage's trials.
+    with atomic_output(run_dir / SEARCH_DIR / f"{stage}_choice.keras") as tmp:
+        model.save(tmp)
+    trials = sum(1 for t in tuner.oracle.trials.values()
+                 if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED)
+    print(f"{stage} stage: chose {chosen.arch} ({chosen.params:,} params, accuracy "
+          f"{chosen.accuracy:.6f}) from {trials} trials", file=sys.stderr)
+    return StageChoice(chosen.arch, chosen.encoding, model, trials, seconds_search,
+                       time.monotonic() - started, candidates)
+
+
+def wait_for_choice(run_dir, stage, poll_seconds=1.0):
+    """A worker's wait for the chief's chosen model of ``stage`` (its next search needs it)."""
+    path = Path(run_dir) / SEARCH_DIR / f"{stage}_choice.keras"
+    print(f"waiting for the chief to choose the {stage} network ({path})", file=sys.stderr)
+    while not path.exists():
+        time.sleep(poll_seconds)
+    return keras.saving.load_model(path, compile=False)
+
+
+def search_record(config: SearchConfig, voxels: VoxelGrid):
+    """What search.json records and a resumed search must match: the config and the voxels."""
+    return {"config": config.to_dict(), "voxels": voxel_fingerprint(voxels)}
+
+
+def check_run(run_dir, config: SearchConfig, voxels: VoxelGrid):
+    """Raises ValueError if ``run_dir`` holds a search with another config or other voxels."""
+    check_same_run(Path(run_dir) / RUN_FILE, search_record(config, voxels), "search")
+
+
+def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
+               distribution_strategy=None):
+    """The whole search on one voxel model into ``run_dir``; resumable.
+
+    Returns:
+        dict, the content of DIR/results.json: vox_tf.train's results (iou, chamfer_l2,
+        params_coarse, params_fine, seconds_coarse, seconds_fine, ...) plus coarse_arch,
+        fine_arch, trials (both stages), trials_coarse/fine, seconds_search (search and
+        filter of both stages), seconds per phase, and the encoding.
+
+    Example:
+        >>> run_search(VoxelGrid.load("bunny128.npz"), load_config(), "runs/bunny")["iou"]
+    """
+    run_dir = Path(run_dir)
+    check_resolutions(voxels, train_config(config))
+    check_run(run_dir, config, voxels)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(run_dir / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps(search_record(config, voxels), indent=2))
+    started = time.monotonic()
+    coarse_settings = train_config(config)
+    coarse = search_stage("coarse", coarse_stage_data(voxels, coarse_settings), config, run_dir,
+                          verbose, distribution_strategy)
+    coarse_model = coarse.model if coarse else wait_for_choice(run_dir, "coarse")
+    fine = search_stage("fine", fine_stage_data(voxels, coarse_model, coarse_settings), config,
+                        run_dir, verbose, distribution_strategy)
+    if fine is None:  # a distributed worker: the chief filters and trains the final networks
+        return None
+    seconds_search = time.monotonic() - started
+
+    print(f"final training: coarse {coarse.arch}, fine {fine.arch}", file=sys.stderr)
+    final = train_config(config, fine.encoding, coarse.arch, fine.arch, verbose=verbose,
+                         epochs_coarse=config.coarse.final_epochs,
+                         epochs_fine=config.fine.final_epochs)
+    # The final training continues from the filter's weights (the chosen models).
+    results = train_hierarchy(voxels, final, run_dir / MODEL_DIR,
+                              start={"coarse": coarse.model, "fine": fine.model})
+    results.update({
+        "coarse_arch": coarse.arch, "fine_arch": fine.arch, **fine.encoding,
+        "trials": coarse.trials + fine.trials, "trials_coarse": coarse.trials,
+        "trials_fine": fine.trials, "seconds_search": seconds_search,
+        "seconds_search_coarse": coarse.seconds_search, "seconds_filter_coarse": coarse.seconds_filter,
+        "seconds_search_fine": fine.seconds_search, "seconds_filter_fine": fine.seconds_filter,
+        "seconds_total": time.monotonic() - started,
+    })
+    write_results(run_dir / RESULTS_FILE, results)
+    with atomic_output(run_dir / PREVIEW_FILE) as tmp:
+        shutil.copyfile(run_dir / MODEL_DIR / PREVIEW_FILE, tmp)
+    return results
+
+
+def summary_line(results, out):
+    return (f"IoU {100 * results['iou']:.3f} %  chamfer {results['chamfer_l2']:.3g}  "
+            f"params {results['params_coarse']:,} + {results['params_fine']:,}  "
+            f"arch {results['coarse_arch']} | {results['fine_arch']}  "
+            f"trials {results['trials']}  seconds {results['seconds_total']:.0f}  -> {out}")
+
+
