@@ -18,6 +18,7 @@ from vox_tf.preview import save_projections
 
 RESULTS_FILE = "results.json"
 RECONSTRUCTION_NPZ = "reconstruction.npz"
+RECONSTRUCTION_BINVOX = "reconstruction.binvox"
 RECONSTRUCTION_MESH = "reconstruction.ply"
 ERRORS_FILE = "errors.ply"
 PREVIEW_FILE = "preview.png"
@@ -84,10 +85,13 @@ def write_preview(path, pred, gt, title=None):
 
 
 def write_all(directory, pred, voxels: VoxelGrid, results):
-    """results.json, reconstruction.npz, reconstruction.ply, errors.ply and preview.png in ``directory``."""
+    """results.json, reconstruction.npz and .binvox, reconstruction.ply, errors.ply and preview.png
+    in ``directory``."""
     directory, pred = Path(directory), np.asarray(pred, bool)
-    VoxelGrid(voxels.resolution, indices_from_dense(pred), voxels.center, voxels.scale,
-              f"{voxels.source} (reconstruction)").save(directory / RECONSTRUCTION_NPZ)
+    reconstruction = VoxelGrid(voxels.resolution, indices_from_dense(pred), voxels.center,
+                               voxels.scale, f"{voxels.source} (reconstruction)")
+    reconstruction.save(directory / RECONSTRUCTION_NPZ)
+    reconstruction.save(directory / RECONSTRUCTION_BINVOX)
     write_reconstruction_mesh(directory / RECONSTRUCTION_MESH, pred, voxels)
     write_error_cloud(directory / ERRORS_FILE, pred, voxels)
     title = (f"IoU {100 * results['iou']:.2f} %, {results['params']:,} parameters"

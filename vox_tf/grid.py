@@ -1,4 +1,4 @@
-"""The voxel grid of METHOD.md: R^3 voxels over [-1, 1]^3, and its on-disk form.
+"""The voxel grid of METHOD.md: R^3 voxels over [-1, 1]^3 (files: vox_tf.voxel_formats).
 
 Index i in [0, R) covers [-1 + 2i/R, -1 + 2(i+1)/R) along its axis; its centre is
 -1 + (2i + 1)/R. Occupied voxels are kept as a sorted int32 [N, 3] index list (i, j, k along
@@ -6,12 +6,10 @@ x, y, z), never as a dense float grid.
 """
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from vox_tf.errors import MeshError
-from vox_tf.files import atomic_output
+from vox_tf.voxel_formats import read_voxel_file, write_voxel_file
 
 MIN_RESOLUTION = 8
 MAX_RESOLUTION = 1024
@@ -101,27 +99,25 @@ class VoxelGrid:
         return np.asarray(points, np.float64) / self.scale + self.center
 
     def save(self, path):
-        """Writes the .npz format of ``python -m vox_tf.voxelize``, atomically."""
-        with atomic_output(path) as tmp:
-            np.savez_compressed(
-                tmp, resolution=np.int64(self.resolution), indices=self.indices.astype(np.int32),
-                center=np.asarray(self.center, np.float64), scale=np.float64(self.scale),
-                source=np.str_(self.source))
+        """Writes the voxels, atomically: a vox_tf .npz or a .binvox, by the suffix.
+
+        See :mod:`vox_tf.voxel_formats`; .binvox keeps the voxels, center and scale.
+
+        Example:
+            >>> VoxelGrid(8, np.array([[1, 2, 3]], np.int32)).save("tiny.binvox")
+        """
+        write_voxel_file(path, self.resolution, self.indices, self.center, self.scale,
+                         self.source)
 
     @classmethod
     def load(cls, path):
-        """Reads a .npz written by :meth:`save`; raises MeshError naming the file if it is not one."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                resolution = int(data["resolution"])
-                indices = np.asarray(data["indices"])
-                center = np.asarray(data["center"], np.float64)
-                scale = float(data["scale"])
-                source = str(data["source"]) if "source" in data else str(path)
-        except (OSError, ValueError, KeyError, EOFError) as err:
-            raise MeshError(path, f"not a vox_tf voxel file ({err})") from None
-        if indices.ndim != 2 or indices.shape[1] != 3 or indices.size and (
-                indices.min() < 0 or indices.max() >= resolution):
-            raise MeshError(path, f"indices must be [N, 3] within [0, {resolution})")
-        return cls(resolution, indices.astype(np.int32), center, scale, source)
+        """Reads a vox_tf .npz, a dense-grid .npz (``arr_0``) or a .binvox.
+
+        Raises MeshError naming the file and the reason if it is none of them, or if its grid
+        is not a cube of a resolution in [MIN_RESOLUTION, MAX_RESOLUTION].
+
+        Example:
+            >>> VoxelGrid.load("tiny.binvox").indices
+            array([[1, 2, 3]], dtype=int32)
+        """
+        return cls(**read_voxel_file(path, (MIN_RESOLUTION, MAX_RESOLUTION)))

@@ -3,6 +3,7 @@
 Example:
     python -m vox_tf.voxelize bunny.obj --resolution 256 --preview bunny.png
     # writes bunny_256.npz (see vox_tf.grid.VoxelGrid) in the current directory
+    python -m vox_tf.voxelize bunny.obj --resolution 256 -o bunny.binvox   # binvox instead
 """
 
 import argparse
@@ -16,6 +17,7 @@ import numpy as np
 from vox_tf.errors import MeshError
 from vox_tf.grid import VoxelGrid, check_resolution
 from vox_tf.mesh_io import Mesh, load_mesh
+from vox_tf.voxel_formats import check_suffix
 
 DEFAULT_RESOLUTION = 256
 PREVIEW_RESOLUTION = 256
@@ -82,7 +84,8 @@ def _parser():
         description="Exact surface voxelization of a mesh (OBJ, PLY, STL, OFF, GLB/GLTF): a "
                     "voxel of the R^3 grid over the normalized mesh's cube [-1, 1]^3 is occupied "
                     "when a triangle touches it. Writes an .npz with resolution, indices "
-                    "(int32 [N, 3]), center and scale (normalized = (vertex - center) * scale).",
+                    "(int32 [N, 3]), center and scale (normalized = (vertex - center) * scale), "
+                    "or a .binvox (the grid's cube as its translate and scale).",
         epilog="Exit status 2 on a bad input file, with 'error: FILE: reason' on stderr and no "
                "output written.")
     parser.add_argument("mesh", type=Path, help="the mesh file")
@@ -91,8 +94,8 @@ def _parser():
     parser.add_argument("--fill", action="store_true",
                         help="also fill the inside (for watertight meshes; warns otherwise)")
     parser.add_argument("-o", "--output", type=Path,
-                        help="the .npz to write (default: MESHNAME_R.npz in the current "
-                             "directory)")
+                        help="the .npz or .binvox to write, by its suffix (default: "
+                             "MESHNAME_R.npz in the current directory)")
     parser.add_argument("--preview", type=Path, metavar="PNG",
                         help="also write a PNG of three orthographic projections")
     return parser
@@ -119,6 +122,7 @@ def main(argv=None) -> int:
         print(f"error: {args.preview}: the preview must be a .png file", file=sys.stderr)
         return 2
     try:
+        check_suffix(output)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             mesh = load_mesh(args.mesh)
