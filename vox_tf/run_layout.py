@@ -7,6 +7,7 @@ the batch runs agree on it::
         config.json             settings and voxel fingerprint; a re-run must match them
         coarse/ fine/           per stage: TensorBoard events (train/), the resume checkpoint
                                 (backup/, state.json, best.npz), stage.json once finished
+        final/                  TensorBoard: the final preview picture and the 3D error cloud
     search run (vox_tf.search)
         search.json             config and voxel fingerprint
         search/<stage>/         keras_tuner projects; search/<stage>_filter/NN/ filter runs
@@ -26,6 +27,7 @@ STAGE_FILE = "stage.json"
 STATE_FILE = "state.json"
 BEST_WEIGHTS_FILE = "best.npz"
 BACKUP_DIR = "backup"
+FINAL_SUMMARY_DIR = "final"
 RUN_FILE = "search.json"
 DONE_FILE = "done.json"
 MODEL_DIR = "model"

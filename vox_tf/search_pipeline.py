@@ -33,9 +33,9 @@ from pathlib import Path
 
 import keras
 import keras_tuner
-import tensorflow as tf
 from keras_tuner.src.distribute import utils as keras_tuner_distribute
 
+from vox_tf.console import phase, progress_bar
 from vox_tf.exports import PREVIEW_FILE, RESULTS_FILE, write_results
 from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
@@ -47,7 +47,12 @@ from vox_tf.run_layout import (DONE_FILE, MODEL_DIR, RUN_FILE, SEARCH_DIR, TENSO
                                check_same_run, clear_resume_state, voxel_fingerprint)
 from vox_tf.stage_training import (check_resolutions, coarse_stage_data, fine_stage_data,
                                    train_stage)
+from vox_tf.tensorboard_summaries import write_hparams_config
 from vox_tf.train import train_hierarchy
+
+HPARAMS_METRICS = tuple(f"epoch_{name}" for name in
+                        (OBJECTIVE, "wrong_voxels", "params", "iou", "accuracy", "chamfer_l2", "loss"))
+"""Scalars of each trial (keras.callbacks.TensorBoard, under its train/ run) in the HParams table."""
 
 
 @dataclass
@@ -80,6 +85,7 @@ class StageChoice:
     seconds_search: float
     seconds_filter: float
     candidates: list
+    space: keras_tuner.HyperParameters
 
 
 def make_tuner(hypermodel, config: SearchConfig, stage, run_dir, distribution_strategy=None):
@@ -95,17 +101,17 @@ def make_tuner(hypermodel, config: SearchConfig, stage, run_dir, distribution_st
         max_consecutive_failed_trials=3)
 
 
-def write_hparams_config(logdir, tuner):
-    """Declares the search space and the metrics for TensorBoard's HParams dashboard."""
-    from tensorboard.plugins.hparams import api as hp_api
-    from keras_tuner.src.engine.tuner_utils import convert_hyperparams_to_hparams
+def hyperband_trials(oracle):
+    """How many trials keras_tuner's Hyperband runs in all (the search's progress bar total)."""
+    brackets = oracle._get_num_brackets()
+    per_iteration = sum(oracle._get_size(bracket, round_)
+                        for bracket in range(brackets) for round_ in range(bracket + 1))
+    return oracle.hyperband_iterations * per_iteration
 
-    hparams = list(convert_hyperparams_to_hparams(tuner.oracle.get_space(), hp_api))
-    # keras.callbacks.TensorBoard writes epoch_<name> scalars under each trial's train/.
-    metrics = [hp_api.Metric(f"epoch_{name}", group="train", display_name=name)
-               for name in (OBJECTIVE, "iou", "accuracy", "chamfer_l2", "loss")]
-    with tf.summary.create_file_writer(str(logdir)).as_default():
-        hp_api.hparams_config(hparams=hparams, metrics=metrics)
+
+def finished_trials(tuner):
+    return sum(1 for t in tuner.oracle.trials.values()
+               if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED)
 
 
 def completed_candidates(tuner):
@@ -135,6 +141,8 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
     resume checkpoint, model.keras, done.json) and is skipped once done.
     """
     settings = config.stage(stage).filter
+    count = min(settings.top, len(candidates))
+    phase(verbose, f"{stage} filter: the top {count} retrained for {settings.epochs} epochs each")
     results, models = [], []
     for index, candidate in enumerate(candidates[:settings.top]):
         directory = Path(run_dir) / SEARCH_DIR / f"{stage}_filter" / f"{index:02d}"
@@ -146,12 +154,11 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
                 models.append(model_path)
                 continue
             shutil.rmtree(directory)  # a different trial ranking: retrain this slot
-        print(f"{stage} filter {index + 1}/{min(settings.top, len(candidates))}: "
-              f"{candidate.arch}, {settings.epochs} epochs", file=sys.stderr)
         train_settings = train_config(config, candidate.encoding, verbose=verbose)
         keras.utils.set_random_seed(config.seed)
         model = train_settings.build(candidate.arch, stage)
-        result = train_stage(model, data, settings.epochs, train_settings, stage_dir=directory)
+        result = train_stage(model, data, settings.epochs, train_settings, stage_dir=directory,
+                             description=f"{stage} filter {index + 1}/{count} {candidate.arch}")
         params = parameter_count(model)
         retrained = Candidate(candidate.arch, candidate.encoding,
                               config.stage(stage).objective.score(result.metrics, params),
@@ -195,24 +202,34 @@ def distributed_role():
     return "chief" if keras_tuner_distribute.is_chief_oracle() else "worker"
 
 
-def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribution_strategy=None):
+def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribution_strategy=None,
+                 other_spaces=()):
     """Hyperband then filter for one stage; returns StageChoice.
 
     In distributed mode the chief serves the trials (Keras Tuner's oracle) and then filters;
     a worker runs trials until the oracle has none left and returns None.
+
+    Args:
+        other_spaces: the search spaces of the stages searched before (keras_tuner
+            HyperParameters), declared with this one in the HParams dashboard.
     """
     run_dir = Path(run_dir)
     started = time.monotonic()
     hypermodel = StageHyperModel(stage, data, config, search_encoding=stage == "fine",
                                  verbose=verbose)
     tuner = make_tuner(hypermodel, config, stage, run_dir, distribution_strategy)
-    logdir = run_dir / TENSORBOARD_DIR / stage
+    logdir = run_dir / TENSORBOARD_DIR
+    space = tuner.oracle.get_space()
     if distributed_role() != "worker":
-        write_hparams_config(logdir, tuner)
-    print(f"{stage} search: Hyperband, max_epochs {config.stage(stage).hyperband.max_epochs}, "
-          f"grid {data.resolution}^3", file=sys.stderr)
-    tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir), write_graph=False)],
-                 verbose=verbose)
+        write_hparams_config(logdir, [*other_spaces, space], HPARAMS_METRICS)
+    phase(verbose, f"{stage} search: Hyperband, max_epochs "
+                   f"{config.stage(stage).hyperband.max_epochs}, grid {data.resolution}^3")
+    with progress_bar(verbose, hyperband_trials(tuner.oracle), f"{stage} search", "trial") as bar:
+        bar.update(finished_trials(tuner))
+        hypermodel.progress = bar
+        tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir / stage),
+                                                            write_graph=False)],
+                     verbose=1 if verbose >= 2 else 0)
     if distributed_role() == "worker":
         return None
     candidates = completed_candidates(tuner)
@@ -224,12 +241,11 @@ def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribu
     # Distributed workers wait for this file to start the next stage's trials.
     with atomic_output(run_dir / SEARCH_DIR / f"{stage}_choice.keras") as tmp:
         model.save(tmp)
-    trials = sum(1 for t in tuner.oracle.trials.values()
-                 if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED)
-    print(f"{stage} stage: chose {chosen.arch} ({chosen.params:,} params, accuracy "
-          f"{chosen.accuracy:.6f}) from {trials} trials", file=sys.stderr)
+    trials = finished_trials(tuner)
+    phase(verbose, f"{stage} stage: chose {chosen.arch} ({chosen.params:,} params, accuracy "
+                   f"{chosen.accuracy:.6f}) from {trials} trials")
     return StageChoice(chosen.arch, chosen.encoding, model, trials, seconds_search,
-                       time.monotonic() - started, candidates)
+                       time.monotonic() - started, candidates, space)
 
 
 def wait_for_choice(run_dir, stage, poll_seconds=1.0):
@@ -276,12 +292,13 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
                           verbose, distribution_strategy)
     coarse_model = coarse.model if coarse else wait_for_choice(run_dir, "coarse")
     fine = search_stage("fine", fine_stage_data(voxels, coarse_model, coarse_settings), config,
-                        run_dir, verbose, distribution_strategy)
+                        run_dir, verbose, distribution_strategy,
+                        other_spaces=[coarse.space] if coarse else [])
     if fine is None:  # a distributed worker: the chief filters and trains the final networks
         return None
     seconds_search = time.monotonic() - started
 
-    print(f"final training: coarse {coarse.arch}, fine {fine.arch}", file=sys.stderr)
+    phase(verbose, f"final training: coarse {coarse.arch}, fine {fine.arch}")
     final = train_config(config, fine.encoding, coarse.arch, fine.arch, verbose=verbose,
                          epochs_coarse=config.coarse.final_epochs,
                          epochs_fine=config.fine.final_epochs)

@@ -14,6 +14,8 @@ returns {objective, accuracy, iou, chamfer_l2, params, wrong_voxels}; the tuner 
 ``objective`` (vox_tf.search_config.ObjectiveConfig).
 """
 
+from pathlib import Path
+
 import keras
 import keras_tuner
 
@@ -21,6 +23,7 @@ from vox_tf.metrics import parameter_count
 from vox_tf.models import format_arch
 from vox_tf.search_config import SearchConfig
 from vox_tf.stage_training import StageData, compile_for_training, train_stage
+from vox_tf.tensorboard_summaries import write_reconstruction_image
 from vox_tf.train_config import TrainConfig
 
 OBJECTIVE = "objective"
@@ -83,6 +86,9 @@ class StageHyperModel(keras_tuner.HyperModel):
         self.data = data
         self.settings = config.stage(stage)
         self.search_encoding, self.verbose = search_encoding, verbose
+        # The search's bar (vox_tf.console.progress_bar), advanced by each finished trial.
+        self.progress = None
+        self.best = None
 
     def declare_space(self, hp):
         """Declares the hyperparameters; returns (architecture text, encoding dict)."""
@@ -129,7 +135,24 @@ class StageHyperModel(keras_tuner.HyperModel):
         scorer = ObjectiveLogger(self.settings.objective)
         result = train_stage(model, self.data, epochs_to_train, config,
                              callbacks=[scorer, *callbacks])
-        return scored_metrics(result.metrics, parameter_count(model), self.settings.objective)
+        scored = scored_metrics(result.metrics, parameter_count(model), self.settings.objective)
+        for board in callbacks:
+            # keras_tuner points its TensorBoard callback at this trial's own directory.
+            if isinstance(board, keras.callbacks.TensorBoard):
+                write_reconstruction_image(Path(board.log_dir) / "train", result.prediction,
+                                           self.data.target, step=epochs - 1)
+        self._report(scored)
+        return scored
+
+    def _report(self, scored):
+        """Advances the search's progress bar, showing the best trial so far."""
+        if self.best is None or scored[OBJECTIVE] > self.best[OBJECTIVE]:
+            self.best = scored
+        if self.progress is not None:
+            self.progress.set_postfix_str(
+                f"best: {self.best['wrong_voxels']:.0f} wrong, {self.best['params']:,.0f} params",
+                refresh=False)
+            self.progress.update(1)
 
 
 def scored_metrics(metrics, params, objective):
@@ -149,3 +172,4 @@ class ObjectiveLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "accuracy" in logs and "iou" in logs:
             logs[OBJECTIVE] = self.objective.score(logs, parameter_count(self.model))
+            logs["params"] = parameter_count(self.model)

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vox_tf.console import keras_verbosity, progress_bar
 from vox_tf.errors import MeshError
 from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import occupancy_grid
@@ -28,7 +29,8 @@ from vox_tf.metrics import grid_metrics
 from vox_tf.run_layout import BACKUP_DIR
 from vox_tf.sampling import coarse_dataset, coarse_grid, fine_dataset, upsample_mask
 from vox_tf.train_config import TrainConfig
-from vox_tf.training_callbacks import GridEvaluation, PeriodicBackup, RelativePlateau, cosine_decay
+from vox_tf.training_callbacks import (EpochProgress, GridEvaluation, PeriodicBackup, RelativePlateau,
+                                       cosine_decay)
 
 
 @dataclass
@@ -52,6 +54,11 @@ class StageData:
     def reconstruct(self, model):
         """bool [R, R, R] the model's reconstruction under this stage's mask rule."""
         return occupancy_grid(model, self.resolution, mask=self.mask)
+
+    def judge(self, model):
+        """(bool [R, R, R] reconstruction, its vox_tf.metrics.grid_metrics against the target)."""
+        prediction = self.reconstruct(model)
+        return prediction, grid_metrics(prediction, self.target)
 
     def evaluate(self, model, with_chamfer=True):
         """vox_tf.metrics.grid_metrics of the reconstruction against the target."""
@@ -96,6 +103,7 @@ class StageResult:
         seconds: wall time of the stage, evaluations included, summed over resumed runs.
         epochs: epochs trained in total (fewer than asked when it stopped early).
         best_epoch: the epoch whose weights were kept.
+        prediction: bool [R, R, R], the reconstruction of those weights.
     """
 
     metrics: dict
@@ -103,10 +111,11 @@ class StageResult:
     seconds: float
     epochs: int
     best_epoch: int
+    prediction: np.ndarray
 
 
 def train_stage(model, data: StageData, epochs, config: TrainConfig, stage_dir=None, callbacks=(),
-                warm_start=False):
+                warm_start=False, description=None):
     """Trains one stage and leaves ``model`` with its best evaluated weights.
 
     Args:
@@ -119,6 +128,8 @@ def train_stage(model, data: StageData, epochs, config: TrainConfig, stage_dir=N
         callbacks: extra Keras callbacks, run after the built-in ones (they see the metrics).
         warm_start: ``model`` holds trained weights: judge them first, keep them if no later
             epoch beats them, and train nothing when they already have no wrong voxel.
+        description: the epoch bar's label at verbosity 1 (vox_tf.console); None for no bar
+            (a search trial, whose progress is the search's bar).
     Returns:
         StageResult.
 
@@ -136,27 +147,35 @@ def train_stage(model, data: StageData, epochs, config: TrainConfig, stage_dir=N
     else:
         plateau = schedule = RelativePlateau(monitor="loss", factor=config.lr_factor,
                                              patience=config.lr_patience, min_lr=config.min_lr)
-    evaluation = GridEvaluation(data, config.eval_every, stage_dir, plateau)
+    evaluation = GridEvaluation(data, config.eval_every, stage_dir, plateau,
+                                image_dir=None if stage_dir is None else Path(stage_dir) / "train")
     if warm_start:
         started = time.monotonic()
-        evaluation.keep(model, data.evaluate(model), 0)
+        evaluation.keep(model, *data.judge(model), 0)
         if evaluation.best_metrics["wrong_voxels"] == 0:
-            return StageResult(evaluation.best_metrics, {}, time.monotonic() - started, 0, 0)
+            return StageResult(evaluation.best_metrics, {}, time.monotonic() - started, 0, 0,
+                               evaluation.best_prediction)
     all_callbacks = [evaluation, schedule]
+    if description is not None:
+        all_callbacks.append(EpochProgress(
+            progress_bar(config.verbose, epochs, description, "epoch"), evaluation))
     if stage_dir is not None:
         stage_dir = Path(stage_dir)
         all_callbacks += [keras.callbacks.TensorBoard(log_dir=str(stage_dir), write_graph=False),
                           PeriodicBackup(str(stage_dir / BACKUP_DIR), config.eval_every)]
     # shuffle=False: the datasets reshuffle themselves every epoch.
     history = model.fit(data.dataset, epochs=epochs, callbacks=all_callbacks + list(callbacks),
-                        shuffle=False, verbose=config.verbose)
+                        shuffle=False, verbose=keras_verbosity(config.verbose))
     if evaluation.best_metrics is None:
         # No epoch was evaluated (a zero budget): judge the weights as they are.
-        evaluation.best_metrics, evaluation.best_epoch = data.evaluate(model), evaluation.epochs_done
+        evaluation.keep(model, *data.judge(model), evaluation.epochs_done)
     elif evaluation.best_weights is not None and evaluation.best_epoch != evaluation.last_epoch:
         model.set_weights(evaluation.best_weights)
+    prediction = evaluation.best_prediction
+    if prediction is None:  # best weights restored from an interrupted run's checkpoint
+        prediction = data.reconstruct(model)
     return StageResult(evaluation.best_metrics, history.history, evaluation.seconds(),
-                       evaluation.epochs_done, evaluation.best_epoch)
+                       evaluation.epochs_done, evaluation.best_epoch, prediction)
 
 
 def check_resolutions(voxels: VoxelGrid, config: TrainConfig):

@@ -15,6 +15,7 @@ import numpy as np
 
 from vox_tf.files import atomic_output
 from vox_tf.run_layout import BEST_WEIGHTS_FILE, STATE_FILE
+from vox_tf.tensorboard_summaries import write_reconstruction_image
 
 LOGGED_METRICS = ("iou", "chamfer_l2", "accuracy", "precision", "recall", "wrong_voxels")
 
@@ -85,16 +86,19 @@ class GridEvaluation(keras.callbacks.Callback):
 
     Adds iou, chamfer_l2, accuracy, precision, recall and wrong_voxels to the epoch logs (so
     the progress bar and TensorBoard show them), keeps the weights with the fewest wrong
-    voxels, and stops training once no voxel is wrong. With ``state_dir`` it persists its
+    voxels, and stops training once no voxel is wrong. With ``image_dir`` each evaluation
+    is also a picture in TensorBoard (vox_tf.tensorboard_summaries). With ``state_dir`` it persists its
     state (best weights, elapsed seconds, the plateau callback's counters) on those epochs,
     when :class:`PeriodicBackup` checkpoints the model, and restores it when training resumes.
     """
 
-    def __init__(self, data, every, state_dir=None, plateau=None):
+    def __init__(self, data, every, state_dir=None, plateau=None, image_dir=None):
         super().__init__()
         self.data, self.every, self.plateau = data, every, plateau
+        self.image_dir = image_dir
         self.state_dir = Path(state_dir) if state_dir else None
         self.best_metrics, self.best_epoch, self.best_weights = None, None, None
+        self.best_prediction = None
         self.last_metrics, self.last_epoch = None, None
         self.epochs_done, self.elapsed_before = 0, 0.0
         self._pending_plateau = None
@@ -128,19 +132,21 @@ class GridEvaluation(keras.callbacks.Callback):
         self.epochs_done = epoch + 1
         if not is_checkpoint_epoch(epoch, self.every, self.params["epochs"]):
             return
-        metrics = self.data.evaluate(self.model)
+        prediction, metrics = self.data.judge(self.model)
         self.last_metrics, self.last_epoch = metrics, epoch + 1
         logs.update({key: metrics[key] for key in LOGGED_METRICS})
+        if self.image_dir is not None:
+            write_reconstruction_image(self.image_dir, prediction, self.data.target, epoch)
         if self.best_metrics is None or metrics["wrong_voxels"] < self.best_metrics["wrong_voxels"]:
-            self.keep(self.model, metrics, epoch + 1)
+            self.keep(self.model, prediction, metrics, epoch + 1)
             self._save_best()
         if metrics["wrong_voxels"] == 0:
             self.model.stop_training = True
         self._save_state()
 
-    def keep(self, model, metrics, epoch):
-        """Holds ``model``'s current weights, judged ``metrics`` after ``epoch`` epochs, as the best."""
-        self.best_metrics, self.best_epoch = metrics, epoch
+    def keep(self, model, prediction, metrics, epoch):
+        """Holds ``model``'s current weights (``prediction``, judged ``metrics``) as the best."""
+        self.best_metrics, self.best_epoch, self.best_prediction = metrics, epoch, prediction
         self.best_weights = [np.array(w) for w in model.get_weights()]
 
     def _save_best(self):
@@ -160,3 +166,31 @@ class GridEvaluation(keras.callbacks.Callback):
                  "best_epoch": self.best_epoch, "plateau": plateau}
         with atomic_output(self.state_dir / STATE_FILE) as tmp:
             tmp.write_text(json.dumps(state))
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A tqdm bar over a stage's epochs (vox_tf.console), with the loss and the best grid so far.
+
+    Args:
+        bar: from vox_tf.console.progress_bar (disabled below/above verbosity 1).
+        evaluation: the stage's GridEvaluation, whose best wrong-voxel count the bar shows.
+    """
+
+    def __init__(self, bar, evaluation: GridEvaluation):
+        super().__init__()
+        self.bar, self.evaluation = bar, evaluation
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # A resumed stage starts past 0: the bar starts where it is.
+        if self.bar.n == 0 and epoch > 0:
+            self.bar.update(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        postfix = {"loss": f"{(logs or {}).get('loss', float('nan')):.3g}"}
+        if self.evaluation.best_metrics is not None:
+            postfix["best wrong voxels"] = self.evaluation.best_metrics["wrong_voxels"]
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()

@@ -1,0 +1,136 @@
+"""What vox_tf shows in TensorBoard beyond Keras' scalars: pictures, 3D errors, the search's HParams.
+
+    images  "reconstruction": true positives grey, false positives red, false negatives blue,
+            projected along x, y and z; at every grid evaluation of a training (watch it form)
+            and once per search trial (its last state); the run's preview.png at the end
+    mesh    "errors": the final reconstruction's voxel centres as a point cloud coloured the
+            same way (TensorBoard's mesh plugin), in the mesh's original coordinates
+    hparams one experiment over both stages of a search, at the root of DIR/tensorboard, so
+            the HParams dashboard lists the coarse and the fine trials side by side
+"""
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from vox_tf.exports import ERROR_CLASSES, error_grids
+from vox_tf.grid import VoxelGrid, voxel_centers
+from vox_tf.preview import BACKGROUND
+
+IMAGE_TAG = "reconstruction"
+MESH_TAG = "errors"
+IMAGE_MIN_SIDE = 192
+"""Projections of small grids are upscaled (nearest) to at least this many pixels a side."""
+MAX_TRUE_POSITIVE_POINTS = 200_000
+"""The point cloud keeps every wrong voxel but at most this many correct ones (browser memory)."""
+
+
+def error_projections(pred, target):
+    """Reconstruction vs truth -> uint8 [S, 3 S, 3]: TP/FP/FN max-projections along x, y, z.
+
+    Errors are painted over correct voxels, so a single wrong voxel behind the surface shows.
+
+    Args:
+        pred, target: bool [R, R, R].
+    Returns:
+        uint8 [S, 3 S, 3], S = R scaled up to at least IMAGE_MIN_SIDE.
+
+    Example:
+        >>> error_projections(np.ones((4, 4, 4), bool), np.ones((4, 4, 4), bool)).shape
+        (192, 576, 3)
+    """
+    layers = list(zip((color for _, color in ERROR_CLASSES), error_grids(pred, target).values()))
+    panels = []
+    for axis in range(3):
+        shape = tuple(n for a, n in enumerate(np.shape(pred)) if a != axis)
+        image = np.broadcast_to(np.array(BACKGROUND), shape + (3,)).copy()
+        for color, grid in layers:
+            image[grid.any(axis=axis)] = color
+        # Rows = the vertical axis, top row highest, as a person expects.
+        panels.append(np.swapaxes(image, 0, 1)[::-1])
+    strip = np.concatenate(panels, axis=1)
+    scale = max(1, -(-IMAGE_MIN_SIDE // strip.shape[0]))
+    strip = strip.repeat(scale, axis=0).repeat(scale, axis=1)
+    return np.round(255 * strip).astype(np.uint8)
+
+
+def write_image(logdir, image, step, tag=IMAGE_TAG, description=None):
+    """Appends one uint8 [H, W, 3] picture to the event files of ``logdir``."""
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        tf.summary.image(tag, np.asarray(image, np.uint8)[None], step=step, description=description)
+
+
+def write_reconstruction_image(logdir, pred, target, step):
+    """:func:`error_projections` of a reconstruction as the "reconstruction" image at ``step``."""
+    write_image(logdir, error_projections(pred, target), step,
+                description="grey: right, red: false positive, blue: false negative; "
+                            "projections along x, y, z")
+
+
+def write_png(logdir, png_path, step, tag="preview"):
+    """A PNG file (e.g. a run's preview.png) as an image summary."""
+    image = tf.io.decode_png(tf.io.read_file(str(png_path)), channels=3)
+    write_image(logdir, image.numpy(), step, tag)
+
+
+def write_error_cloud(logdir, pred, voxels: VoxelGrid, step, seed=0):
+    """The reconstruction's voxels, coloured TP/FP/FN, as a point cloud for the mesh plugin.
+
+    Args:
+        pred: bool [R, R, R] reconstruction; voxels: the ground truth (and its normalization).
+    """
+    from tensorboard.plugins.mesh import summary_v2 as mesh_summary
+
+    points, colors = [], []
+    rng = np.random.default_rng(seed)
+    for (label, color), grid in zip(ERROR_CLASSES, error_grids(pred, voxels.dense()).values()):
+        indices = np.argwhere(grid)
+        if label == "true positive" and len(indices) > MAX_TRUE_POSITIVE_POINTS:
+            indices = indices[rng.choice(len(indices), MAX_TRUE_POSITIVE_POINTS, replace=False)]
+        points.append(voxels.to_original(voxel_centers(indices, voxels.resolution)))
+        colors.append(np.tile(np.round(np.array(color) * 255).astype(np.uint8), (len(indices), 1)))
+    vertices = np.concatenate(points).astype(np.float32)[None]
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        mesh_summary.mesh(MESH_TAG, vertices=vertices, colors=np.concatenate(colors)[None],
+                          step=step, description="grey: right, red: false positive, "
+                                                 "blue: false negative")
+
+
+def write_hparams_config(logdir, spaces, metrics):
+    """Declares one HParams experiment over several keras_tuner search spaces.
+
+    Replaces an earlier declaration in ``logdir`` (TensorBoard keeps the first one it reads):
+    the fine stage re-declares the experiment with the coarse stage's space and its own. A
+    hyperparameter of both stages (layers, width_0, ...) gets the union of their domains.
+
+    Args:
+        logdir: the root every trial's log directory is under.
+        spaces: keras_tuner.HyperParameters, one per stage (``tuner.oracle.get_space()``).
+        metrics: tag names logged by each trial under its ``train`` run (e.g. "epoch_iou").
+    """
+    from keras_tuner.src.engine.tuner_utils import convert_hyperparams_to_hparams
+    from tensorboard.plugins.hparams import api as hp_api
+
+    domains = {}
+    for space in spaces:
+        for hparam in convert_hyperparams_to_hparams(space, hp_api):
+            domains.setdefault(hparam.name, []).append(hparam.domain)
+    hparams = [hp_api.HParam(name, _union(found, hp_api)) for name, found in domains.items()]
+    declared = [hp_api.Metric(tag, group="train", display_name=tag.removeprefix("epoch_"))
+                for tag in metrics]
+    logdir = Path(logdir)
+    for old in logdir.glob("events.out.tfevents.*"):
+        old.unlink()
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp_api.hparams_config(hparams=hparams, metrics=declared)
+
+
+def _union(domains, hp_api):
+    """The smallest HParams domain holding every one of ``domains`` (discrete or interval)."""
+    if all(isinstance(d, hp_api.Discrete) for d in domains):
+        return hp_api.Discrete(sorted({v for d in domains for v in d.values}))
+    low = min(min(d.values) if isinstance(d, hp_api.Discrete) else d.min_value for d in domains)
+    high = max(max(d.values) if isinstance(d, hp_api.Discrete) else d.max_value for d in domains)
+    interval = hp_api.IntInterval if isinstance(low, int) and isinstance(high, int) else hp_api.RealInterval
+    return interval(low, high)
