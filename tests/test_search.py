@@ -1,7 +1,6 @@
 """The architecture search on a tiny procedural sphere: configs, outputs, TensorBoard HParams,
-resume without re-running trials, batch runs with a failing model, and the command line."""
+resume without re-running trials, and the command line (batch runs: test_batch.py)."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -13,8 +12,7 @@ import trimesh
 import yaml
 
 import vox_tf
-from vox_tf import search, search_pipeline
-from vox_tf.batch import ModelSource, run_batch
+from vox_tf import search_pipeline
 from vox_tf.errors import MeshError
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
@@ -160,25 +158,6 @@ def test_rerun_with_other_settings_is_refused(run, tiny_config):
         search_pipeline.run_search(sphere_voxels(), other, out, verbose=0)
 
 
-def test_batch_records_failures_and_summarizes(run, tiny_config):
-    def broken():
-        raise MeshError("broken.obj", "no faces")
-
-    # The sphere's run directory is the finished search of `run`: the batch resumes it.
-    out, results = run
-    sources = [ModelSource("broken", broken), ModelSource("sphere", sphere_voxels)]
-    rows = run_batch(sources, load_config(tiny_config), out.parent, verbose=0)
-    assert [r["model"] for r in rows] == ["broken", "sphere"]
-    assert "no faces" in rows[0]["error"] and not rows[1]["error"]
-    assert rows[1]["iou"] == results["iou"]
-    with open(out.parent / "summary.csv") as f:
-        table = list(csv.DictReader(f))
-    assert [r["model"] for r in table] == ["broken", "sphere", "mean of 1"]
-    assert float(table[2]["iou"]) == pytest.approx(rows[1]["iou"])
-    markdown = (out.parent / "summary.md").read_text()
-    assert "| sphere |" in markdown and "failed: " in markdown
-
-
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", {"fine": {"filter": {"top": 0}}})
     # Run from another directory: the default config is still found, the mesh is what fails.
@@ -192,37 +171,3 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and expected in last, last
         assert not out.exists()
-
-
-def test_tfds_source_gives_the_voxels_of_each_built_example(tmp_path):
-    import tensorflow_datasets as tfds
-
-    import vox_tf.datasets  # noqa: F401 - registers voxel_dataset
-    from vox_tf.batch import tfds_sources
-    from vox_tf.voxelize import voxelize_file
-
-    meshes = tmp_path / "meshes"
-    meshes.mkdir()
-    trimesh.creation.icosphere(subdivisions=2).export(meshes / "ball.obj")
-    trimesh.creation.box().export(meshes / "box.stl")
-    builder = tfds.builder("voxel_dataset/surface_32", data_dir=str(tmp_path / "data"))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(meshes)))
-
-    sources = tfds_sources("voxel_dataset/surface_32", data_dir=str(tmp_path / "data"))
-    files = {"ball": meshes / "ball.obj", "box": meshes / "box.stl"}
-    assert sorted(s.name for s in sources) == sorted(files)
-    for source in sources:
-        voxels = source.load()
-        expected = voxelize_file(files[source.name], 32)
-        assert voxels.resolution == 32
-        assert (voxels.indices == expected.indices).all()
-
-
-def test_cli_unknown_tfds_dataset_exits_2(tmp_path, capsys):
-    out = tmp_path / "out"
-    code = search.main(["--tfds", "voxel_dataset/surface_32", "--data-dir", str(tmp_path),
-                        "--out", str(out)])
-    assert code == 2
-    assert "error: voxel_dataset/surface_32: cannot load" in capsys.readouterr().err
-    assert not out.exists()

@@ -1,83 +1,152 @@
-"""One search per model of a mesh folder or a TFDS config, and the table of their results.
+"""One search per model of a mesh folder, a voxel folder or a TFDS config, and their table.
 
     python -m vox_tf.search --mesh-dir meshes/ --out runs/many
+    python -m vox_tf.search --voxel-dir grids/ --reference reference_results.csv --out runs/grids
     python -m vox_tf.search --tfds voxel_dataset/surface_128 --out runs/tfds
 
-Each model gets its own run directory DIR/<name>/ (resumable like a single search). A model
-that fails (unreadable mesh, empty grid, a crash in training) is recorded and skipped.
-DIR/summary.csv and DIR/summary.md list per model IoU, chamfer, parameters per stage, bytes
-and seconds, with the means over the successful models at the bottom.
+Each model gets its own run directory DIR/<name>/ (resumable like a single search); a model
+whose DIR/<name>/results.json exists is not searched again. A model that fails (unreadable
+file, empty grid, a crash in training) is recorded and skipped. DIR/summary.csv and
+DIR/summary.md: vox_tf.batch_summary. The same searches as an Apache Beam pipeline:
+vox_tf.batch_beam.
+
+A model source is a small picklable description (MeshFile, VoxelFile, TfdsExample: a name and
+where its voxels are) whose ``load()`` gives the VoxelGrid, so it can travel to a Beam worker.
 """
 
-import csv
-import io
-import math
+import json
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from vox_tf.batch_summary import failure_row, summary_row, write_summary
 from vox_tf.errors import MeshError
-from vox_tf.files import atomic_output
+from vox_tf.exports import RESULTS_FILE
 from vox_tf.grid import VoxelGrid
 from vox_tf.mesh_io import SUPPORTED_SUFFIXES
 from vox_tf.search_config import SearchConfig
-from vox_tf.search_pipeline import run_search, summary_line
+from vox_tf.search_pipeline import check_run, run_search, summary_line
 
-SUMMARY_COLUMNS = ("model", "iou", "chamfer_l2", "params_coarse", "params_fine", "params",
-                   "bytes_fp32", "seconds", "coarse_arch", "fine_arch", "error")
-NUMERIC_COLUMNS = ("iou", "chamfer_l2", "params_coarse", "params_fine", "params", "bytes_fp32",
-                   "seconds")
+VOXEL_SUFFIXES = (".npz", ".binvox")
 
 
-@dataclass
-class ModelSource:
-    """A model to search: its name (the run's subdirectory) and how to get its voxels."""
+@dataclass(frozen=True)
+class MeshFile:
+    """A mesh file, voxelized when loaded."""
 
     name: str
-    load: Callable[[], VoxelGrid]
+    path: str
+    resolution: int
+    fill: bool = False
+
+    def load(self) -> VoxelGrid:
+        from vox_tf.voxelize import voxelize_file
+
+        return voxelize_file(self.path, self.resolution, fill=self.fill)
+
+
+@dataclass(frozen=True)
+class VoxelFile:
+    """A voxel file (.npz of ``python -m vox_tf.voxelize``, .binvox): vox_tf.grid.VoxelGrid.load."""
+
+    name: str
+    path: str
+
+    def load(self) -> VoxelGrid:
+        return VoxelGrid.load(self.path)
+
+
+@dataclass(frozen=True)
+class TfdsExample:
+    """Example ``index`` of the train split of a built TFDS config, read alone by slicing."""
+
+    name: str
+    dataset: str
+    index: int
+    data_dir: str | None = None
+
+    def load(self) -> VoxelGrid:
+        import tensorflow_datasets as tfds
+
+        import vox_tf.datasets.voxel_dataset  # noqa: F401  registers the builder
+        from vox_tf.sampling import as_voxel_grid
+
+        split = f"train[{self.index}:{self.index + 1}]"
+        dataset = tfds.load(self.dataset, split=split, data_dir=self.data_dir, download=False)
+        (example,) = tfds.as_numpy(dataset)
+        return as_voxel_grid(example)
+
+
+def _files_under(directory, suffixes, what):
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MeshError(directory, "not a directory")
+    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in suffixes)
+    if not paths:
+        raise MeshError(directory, f"holds no {what} file ({', '.join(suffixes)})")
+    return paths, _unique_names([p.relative_to(directory).with_suffix("") for p in paths])
 
 
 def mesh_dir_sources(directory, config: SearchConfig):
     """Every mesh file under ``directory`` (recursively, sorted), voxelized at config.resolution.
 
-    Raises MeshError if the folder is missing or holds no mesh file.
-    """
-    from vox_tf.voxelize import voxelize_file
+    Args:
+        directory (str or Path): the folder.
+        config (SearchConfig): gives the resolution and fill of the voxelization.
+    Returns:
+        list of MeshFile, named by path relative to ``directory`` without suffix ("/" -> "_").
+    Raises:
+        MeshError if the folder is missing or holds no mesh file.
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise MeshError(directory, "not a directory")
-    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES)
-    if not paths:
-        raise MeshError(directory, f"holds no mesh file ({', '.join(SUPPORTED_SUFFIXES)})")
-    names = _unique_names([p.relative_to(directory).with_suffix("") for p in paths])
-    return [ModelSource(name, lambda p=p: voxelize_file(p, config.resolution, fill=config.fill))
-            for name, p in zip(names, paths)]
+    Example:
+        >>> [s.name for s in mesh_dir_sources("meshes", load_config())]
+        ['bunny', 'chairs_chair1']
+    """
+    paths, names = _files_under(directory, SUPPORTED_SUFFIXES, "mesh")
+    return [MeshFile(name, str(p), config.resolution, config.fill) for name, p in zip(names, paths)]
+
+
+def voxel_dir_sources(directory):
+    """Every voxel file (.npz, .binvox) under ``directory`` (recursively, sorted), as it is.
+
+    Returns:
+        list of VoxelFile, named like mesh_dir_sources: a file directly in ``directory`` by
+        its stem.
+    Raises:
+        MeshError if the folder is missing or holds no voxel file.
+
+    Example:
+        >>> [s.name for s in voxel_dir_sources("/work/shared/seedgrids")][:1]
+        ['mgn10_125611494287978_ShirtNoCoat']
+    """
+    paths, names = _files_under(directory, VOXEL_SUFFIXES, "voxel")
+    return [VoxelFile(name, str(p)) for name, p in zip(names, paths)]
 
 
 def tfds_sources(name, data_dir=None):
     """Every example of a TFDS config (e.g. "voxel_dataset/surface_128"), in order.
 
     The voxel_dataset builder is registered by importing vox_tf.datasets.voxel_dataset.
-    Raises MeshError naming the dataset if TFDS cannot load it.
+
+    Returns:
+        list of TfdsExample, named by the examples' ``name`` feature.
+    Raises:
+        MeshError naming the dataset if TFDS cannot load it.
     """
     import tensorflow_datasets as tfds
 
     import vox_tf.datasets.voxel_dataset  # noqa: F401  registers the builder
-    from vox_tf.sampling import as_voxel_grid
 
     try:
         # download=False: an unbuilt dataset is an error to report, not a build to start here.
         dataset = tfds.load(name, split="train", data_dir=data_dir, download=False)
-        examples = list(tfds.as_numpy(dataset))
+        keys = [_text(e.get("name", str(i))) for i, e in enumerate(tfds.as_numpy(dataset))]
     except Exception as err:  # TFDS raises many types for a missing or unbuilt dataset
         raise MeshError(name, f"cannot load the TFDS dataset ({err}); build it first with "
                               f"`tfds build {name.split('/')[0]} --imports vox_tf.datasets "
                               f"--config CONFIG`") from None
-    keys = [_text(e.get("name", str(i))) for i, e in enumerate(examples)]
-    return [ModelSource(n, lambda e=e: as_voxel_grid(e)) for n, e in zip(_unique_names(keys), examples)]
+    return [TfdsExample(n, name, i, data_dir) for i, n in enumerate(_unique_names(keys))]
 
 
 def _text(value):
@@ -95,73 +164,59 @@ def _unique_names(keys):
     return names
 
 
-def run_batch(sources, config: SearchConfig, out_dir, verbose=1):
-    """Searches every source into out_dir/<name>; writes summary.csv and summary.md.
+def search_model(source, config: SearchConfig, out_dir, verbose=1):
+    """The search of one source into out_dir/<name>, or its results if it already finished.
 
+    Never raises for a bad model: its error becomes the row, so one bad model cannot end a
+    batch, and a Beam runner never sees a failure to retry.
+
+    Args:
+        source: MeshFile, VoxelFile or TfdsExample.
+        config (SearchConfig): the search's settings; a finished run made with others is an error.
+        out_dir (str or Path): the batch's directory.
+        verbose (int): Keras verbosity of the search.
+    Returns:
+        dict, the model's summary row (vox_tf.batch_summary.summary_row or failure_row).
+
+    Example:
+        >>> search_model(VoxelFile("bunny", "bunny.npz"), load_config(), "runs/many")["iou"]
+    """
+    run_dir = Path(out_dir) / source.name
+    try:
+        voxels = source.load()
+        # check_run first: finished results made with another config or other voxels are
+        # refused like a resumed search would be, not reported as this config's.
+        check_run(run_dir, config, voxels)
+        if not (run_dir / RESULTS_FILE).is_file():  # written atomically, last: the run finished
+            run_search(voxels, config, run_dir, verbose)
+        # Read back even after a fresh search, so a new and a resumed batch make the same row.
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+    except Exception as err:  # recorded and skipped: one bad model must not end the batch
+        reason = str(err) if isinstance(err, ValueError) else traceback.format_exc(limit=1)
+        print(f"error: {source.name}: {reason.strip()}", file=sys.stderr)
+        return failure_row(source.name, reason.strip().splitlines()[-1])
+    print(summary_line(results, run_dir), file=sys.stderr)
+    return summary_row(source.name, results)
+
+
+def run_batch(sources, config: SearchConfig, out_dir, verbose=1, reference=None):
+    """Searches every source in turn, in this process; rewrites the summary after each.
+
+    Args:
+        sources (list): MeshFile, VoxelFile or TfdsExample, in the summary's order.
+        config (SearchConfig): the settings of every search.
+        out_dir (str or Path): gets out_dir/<name>/ per model, summary.csv and summary.md.
+        verbose (int): Keras verbosity of the searches.
+        reference (vox_tf.reference_table.ReferenceTable, optional): columns to print beside ours.
     Returns:
         list of summary rows (dicts with SUMMARY_COLUMNS), one per model, failures included.
+
+    Example:
+        >>> rows = run_batch(voxel_dir_sources("grids"), load_config(), "runs/grids")
     """
-    out_dir = Path(out_dir)
     rows = []
     for index, source in enumerate(sources):
         print(f"[{index + 1}/{len(sources)}] {source.name}", file=sys.stderr)
-        try:
-            results = run_search(source.load(), config, out_dir / source.name, verbose)
-        except Exception as err:  # recorded and skipped: one bad model must not end the batch
-            reason = str(err) if isinstance(err, ValueError) else traceback.format_exc(limit=1)
-            print(f"error: {source.name}: {reason.strip()}", file=sys.stderr)
-            rows.append({"model": source.name, "error": reason.strip().splitlines()[-1]})
-        else:
-            print(summary_line(results, out_dir / source.name), file=sys.stderr)
-            rows.append({"model": source.name, "iou": results["iou"],
-                         "chamfer_l2": results["chamfer_l2"],
-                         "params_coarse": results["params_coarse"],
-                         "params_fine": results["params_fine"], "params": results["params"],
-                         "bytes_fp32": results["bytes_fp32"], "seconds": results["seconds_total"],
-                         "coarse_arch": results["coarse_arch"], "fine_arch": results["fine_arch"],
-                         "error": ""})
-        write_summary(out_dir, rows)
+        rows.append(search_model(source, config, out_dir, verbose))
+        write_summary(out_dir, rows, reference)
     return rows
-
-
-def mean_row(rows):
-    """Means of the numeric columns over the rows without an error."""
-    good = [r for r in rows if not r.get("error")]
-    mean = {"model": f"mean of {len(good)}"}
-    for column in NUMERIC_COLUMNS:
-        values = [r[column] for r in good if r.get(column) is not None and math.isfinite(r[column])]
-        mean[column] = sum(values) / len(values) if values else None
-    return mean
-
-
-def write_summary(out_dir, rows):
-    """DIR/summary.csv (all columns, means last) and DIR/summary.md (a results table)."""
-    out_dir = Path(out_dir)
-    table = rows + [mean_row(rows)]
-    text = io.StringIO()
-    writer = csv.DictWriter(text, SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in table:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in SUMMARY_COLUMNS})
-    with atomic_output(out_dir / "summary.csv") as tmp:
-        tmp.write_text(text.getvalue())
-    with atomic_output(out_dir / "summary.md") as tmp:
-        tmp.write_text(markdown_table(table))
-
-
-def markdown_table(rows):
-    """The summary as a Markdown table: IoU %, chamfer, params coarse + fine, bytes, seconds."""
-    lines = ["| model | IoU (%) | L2 chamfer | params coarse | params fine | params | bytes (fp32) "
-             "| seconds | note |", "|" + " --- |" * 9]
-    for row in rows:
-        def fmt(key, pattern):
-            value = row.get(key)
-            return "" if value is None else pattern.format(value)
-        iou = row.get("iou")
-        lines.append(" | ".join([
-            f"| {row['model']}", "" if iou is None else f"{100 * iou:.3f}",
-            fmt("chamfer_l2", "{:.3g}"), fmt("params_coarse", "{:,.0f}"),
-            fmt("params_fine", "{:,.0f}"), fmt("params", "{:,.0f}"),
-            fmt("bytes_fp32", "{:,.0f}"), fmt("seconds", "{:.0f}"),
-            f"failed: {row['error']}" if row.get("error") else ""]) + " |")
-    return "\n".join(lines) + "\n"
