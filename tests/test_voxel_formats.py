@@ -5,11 +5,13 @@ import re
 import numpy as np
 import pytest
 import trimesh
+from matplotlib.image import imread
 from trimesh.exchange import binvox as trimesh_binvox
 
 from vox_tf import exports, train
 from vox_tf.errors import MeshError
 from vox_tf.grid import VoxelGrid, voxel_centers
+from vox_tf.preview import error_grids, render_preview, shaded_panels
 from vox_tf.run_layout import voxel_fingerprint
 from vox_tf.voxelize import main as voxelize_main
 
@@ -187,3 +189,82 @@ def test_run_directory_gets_the_reconstruction_as_binvox(tmp_path, voxelized):
     np.testing.assert_array_equal(from_npz.dense(), pred)
     np.testing.assert_allclose(from_binvox.center, truth.center)
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def _reddish(image):
+    red, green, blue = (image[..., c].astype(int) for c in range(3))
+    return (red > 2 * green + 30) & (red > 2 * blue + 30)
+
+
+def _bluish(image):
+    red, green, blue = (image[..., c].astype(int) for c in range(3))
+    return (blue > 2 * red + 30) & (blue > green + 30)
+
+
+def _shell(resolution):
+    centers = voxel_centers(np.argwhere(np.ones((resolution,) * 3)), resolution)
+    radius = np.linalg.norm(centers, axis=1).reshape((resolution,) * 3)
+    return np.abs(radius - 0.7) < 1.5 / resolution
+
+
+def test_preview_png_marks_errors_in_the_3d_views(tmp_path):
+    gt = _shell(RESOLUTION)
+    pred = gt.copy()
+    pred[2:6, 10:14, 10:14] = True            # false positives outside the shell, on the left
+    pred[np.argwhere(gt)[-30:].T.tolist()] = False  # a hole at the far end of z: false negatives
+    path = tmp_path / "preview.png"
+    exports.write_preview(path, pred, gt, "IoU 90 %")
+    image = render_preview(pred, gt, "IoU 90 %")
+    assert image.dtype == np.uint8 and image.shape == (1236, 900, 3)
+    written = imread(path)
+    assert written.shape[:2] == image.shape[:2]
+    views = image[:image.shape[0] // 4]  # title and the shaded 3D views
+    ground_truth, reconstruction = views[:, :300], views[:, 300:]
+    assert _reddish(reconstruction).sum() > 20 and _bluish(reconstruction).sum() > 20
+    assert not _reddish(ground_truth).any() and not _bluish(ground_truth).any()
+    assert (ground_truth < 200).all(axis=2).sum() > 1000  # the shaded object itself
+
+    clean = render_preview(gt, gt)[:1200 // 4]
+    assert not _reddish(clean).any() and not _bluish(clean).any()
+
+
+def test_shaded_view_draws_up_as_up_seen_from_above():
+    grid = np.zeros((16,) * 3, bool)
+    grid[4:12, 1:15, 4:12] = True               # a pillar along y
+    top, bottom = np.zeros_like(grid), np.zeros_like(grid)
+    top[7:9, 14, 7:9] = True                    # marks in the middle of its top face
+    bottom[7:9, 1, 7:9] = True                  # and of its bottom face
+    layers = {"pillar": (grid, (0.7, 0.7, 0.7)), "top": (top, (0.9, 0.1, 0.1)),
+              "bottom": (bottom, (0.1, 0.2, 0.9))}
+    upright = shaded_panels("pillar", layers, ["front"], up="y")[0].image
+    lying = shaded_panels("pillar", layers, ["front"], up="x")[0].image
+    rows, columns = np.nonzero((upright < 0.99).any(axis=2))
+    assert np.ptp(rows) > 1.3 * np.ptp(columns)  # taller than wide
+    rows, columns = np.nonzero((lying < 0.99).any(axis=2))
+    assert np.ptp(columns) > 1.1 * np.ptp(rows)  # wider than tall, though turned 35 degrees
+    as_bytes = (upright * 255).astype(np.uint8)
+    red_rows = np.nonzero(_reddish(as_bytes))[0]
+    assert red_rows.size and red_rows.max() < as_bytes.shape[0] / 3  # the top face, on top
+    assert not _bluish(as_bytes).any()  # the camera is above: the bottom face is hidden
+
+
+def test_large_grids_are_pooled_for_the_3d_view_without_losing_a_lone_error():
+    resolution = 136  # above the 128 drawn: pooled by 2
+    gt = np.zeros((resolution,) * 3, bool)
+    gt[30:100, 30:100, 30:100] = True
+    pred = gt.copy()
+    pred[64, 99, 64] = False  # one false negative on the top face
+    image = shaded_panels("cube", {label: (grid, color) for (label, color), grid in zip(
+        exports.ERROR_CLASSES, error_grids(pred, gt).values())}, ["front"])[0].image
+    assert max(image.shape[:2]) < 130 * 2  # drawn from the pooled 68^3 grid
+    assert _bluish((image * 255).astype(np.uint8)).any()
+
+
+def test_voxelize_binvox_with_a_z_up_preview(sphere_file, tmp_path):
+    output, preview = tmp_path / "model128.binvox", tmp_path / "model128.png"
+    assert voxelize_main([str(sphere_file), "--resolution", "16", "-o", str(output), "--preview",
+                          str(preview), "--preview-up", "z"]) == 0
+    image = imread(preview)
+    assert image.shape[:2] == (600, 900)
+    assert (image[:300, :, :3] < 0.8).all(axis=2).sum() > 500  # three shaded views
+    assert VoxelGrid.load(output).resolution == 16

@@ -14,7 +14,7 @@ from skimage import measure
 
 from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
-from vox_tf.preview import save_projections
+from vox_tf.preview import ERROR_CLASSES, error_grids, render_preview, save_png
 
 RESULTS_FILE = "results.json"
 RECONSTRUCTION_NPZ = "reconstruction.npz"
@@ -22,17 +22,6 @@ RECONSTRUCTION_BINVOX = "reconstruction.binvox"
 RECONSTRUCTION_MESH = "reconstruction.ply"
 ERRORS_FILE = "errors.ply"
 PREVIEW_FILE = "preview.png"
-
-# (label, rgb in [0, 1]); errors drawn after true positives so they stay visible.
-ERROR_CLASSES = (("true positive", (0.72, 0.72, 0.72)),
-                 ("false positive", (0.85, 0.1, 0.1)),
-                 ("false negative", (0.1, 0.3, 0.9)))
-
-
-def error_grids(pred, gt):
-    """bool grids -> {label: bool grid} for true positives, false positives, false negatives."""
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    return dict(zip((label for label, _ in ERROR_CLASSES), (pred & gt, pred & ~gt, ~pred & gt)))
 
 
 def write_results(path, results):
@@ -77,11 +66,10 @@ def write_reconstruction_mesh(path, pred, voxels: VoxelGrid):
         mesh.export(tmp)
 
 
-def write_preview(path, pred, gt, title=None):
-    """PNG: ground truth | reconstruction | TP/FP/FN overlay, three projections each."""
-    overlay = {label: (grid, color) for (label, color), grid in
-               zip(ERROR_CLASSES, error_grids(pred, gt).values())}
-    save_projections({"ground truth": gt, "reconstruction": pred, "errors": overlay}, path, title)
+def write_preview(path, pred, gt, title=None, up="y"):
+    """PNG of :func:`vox_tf.preview.render_preview`: shaded 3D views with the errors marked,
+    then ground truth | reconstruction | TP/FP/FN overlay, three projections each."""
+    save_png(render_preview(pred, gt, title, up), path)
 
 
 def write_all(directory, pred, voxels: VoxelGrid, results):

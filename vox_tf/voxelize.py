@@ -97,18 +97,22 @@ def _parser():
                         help="the .npz or .binvox to write, by its suffix (default: "
                              "MESHNAME_R.npz in the current directory)")
     parser.add_argument("--preview", type=Path, metavar="PNG",
-                        help="also write a PNG of three orthographic projections")
+                        help="also write a PNG: shaded 3D views from three sides and three "
+                             "orthographic projections")
+    parser.add_argument("--preview-up", choices=("x", "y", "z"), default="y",
+                        help="the axis drawn upwards in the preview's 3D views (default y, as in "
+                             "OBJ and glTF; z for most STL and CAD models)")
     return parser
 
 
 def _write_preview(voxels, args, output):
     """Writes the --preview PNG; a failure takes the just-written .npz with it (no partial run)."""
-    from vox_tf.preview import save_projections
+    from vox_tf.preview import render_grid, save_png
 
     kind = "solid" if args.fill else "surface"
     try:
-        save_projections({f"{args.mesh.name} {args.resolution}^3 {kind}": preview_grid(voxels)},
-                         args.preview)
+        save_png(render_grid(preview_grid(voxels), f"{args.mesh.name} {args.resolution}^3 {kind}",
+                             up=args.preview_up), args.preview)
     except BaseException:
         output.unlink(missing_ok=True)
         raise
