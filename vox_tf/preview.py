@@ -261,8 +261,10 @@ def shaded_view(labels, colors, azimuth, elevation, up="y"):
         float rgb [H, W, 3] in [0, 1], white background, fitted to the visible voxels.
 
     Example:
-        >>> shaded_view(*_labelled({"shell": (voxels.dense(), SOLID_COLOR)}), 35, 25).shape
-        (246, 229, 3)
+        >>> cube = np.zeros((32, 32, 32), bool)
+        >>> cube[8:24, 8:24, 8:24] = True
+        >>> shaded_view(np.int8(cube), np.array([BACKGROUND, SOLID_COLOR]), 35, 25).shape
+        (34, 32, 3)
     """
     occupied = labels > 0
     padded, inner = np.pad(occupied, 1), slice(1, -1)

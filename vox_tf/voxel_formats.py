@@ -58,14 +58,15 @@ def read_voxel_file(path, resolution_range):
 
     Args:
         path: a .npz (vox_tf's or a dense ``arr_0``) or a .binvox file.
-        resolution_range: (lowest, highest) R accepted; checked before any grid is decoded.
+        resolution_range: (lowest, highest) R accepted (for binvox, checked before decoding).
     Returns:
         dict with resolution (int), indices (int32 [N, 3], (i, j, k) along x, y, z, sorted),
         center (float64 [3]), scale (float) and source (str).
 
     Example:
-        >>> read_voxel_file("model.binvox", (8, 1024))["indices"].shape
-        (51234, 3)
+        >>> write_voxel_file("one.binvox", 8, [[1, 2, 3]], np.zeros(3), 1.0, "")
+        >>> read_voxel_file("one.binvox", (8, 1024))["indices"]
+        array([[1, 2, 3]], dtype=int32)
     """
     path = Path(path)
     check_suffix(path)
