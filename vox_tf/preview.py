@@ -49,6 +49,7 @@ LATER_LAYERS_NEARER_BY = 2.0
 # Degrees: (azimuth about the up axis, elevation above the horizon) of each camera.
 VIEWS = {"front": (35.0, 25.0), "side": (125.0, 25.0), "back": (215.0, 25.0)}
 AMBIENT = 0.3
+DEPTH_BLUR = 1.0  # pixels (about 0.7 voxel), see shaded_view
 LIGHT = LightSource(azdeg=315, altdeg=45)
 # World axes -> (right, up, towards the camera at azimuth 0), right-handed, per up axis.
 _UP_FRAMES = {"x": np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]]),
@@ -248,8 +249,8 @@ def shaded_view(labels, colors, azimuth, elevation, up="y"):
 
     Only voxels with an empty face neighbour can be seen, so only those are projected; a
     z-buffer keeps the nearest per pixel (labels above 1 count LATER_LAYERS_NEARER_BY voxels
-    nearer), and the depth image's normals give Lambert shading (AMBIENT light plus LIGHT from
-    the upper left).
+    nearer), and the normals of the depth image, blurred by DEPTH_BLUR, give Lambert shading
+    (AMBIENT light plus LIGHT from the upper left).
 
     Args:
         labels: int [n, n, n], 0 empty, else the row of ``colors`` to paint the voxel with.
@@ -280,7 +281,9 @@ def shaded_view(labels, colors, azimuth, elevation, up="y"):
     seen = ~np.isnan(depth)
     # Background pixels take their nearest seen depth, so silhouettes get no false cliff.
     nearest = ndimage.distance_transform_edt(~seen, return_distances=False, return_indices=True)
-    shade = LIGHT.hillshade(depth[tuple(nearest)], vert_exag=1.0)
+    # A slight blur of the depth smooths the one-voxel terraces into the surface they step
+    # along, so the shape reads; the voxels still show in the outline and the projections.
+    shade = LIGHT.hillshade(ndimage.gaussian_filter(depth[tuple(nearest)], DEPTH_BLUR))
     rgb = colors[label] * (AMBIENT + (1 - AMBIENT) * shade)[..., None]
     return np.where(seen[..., None], rgb, BACKGROUND)
 
