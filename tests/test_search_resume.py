@@ -57,8 +57,19 @@ def test_killed_search_resumes_without_rerunning_trials(tmp_path):
     stamps = {t: (project / t / "trial.json").stat().st_mtime_ns for t in before}
     assert not (out / "results.json").exists()
 
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    # The re-run as a user types it (default verbosity, no TF_CPP_MIN_LOG_LEVEL) also shows
+    # the console: a line and a bar per phase, and none of TensorFlow's C++ start-up log.
+    quiet = [arg for arg in command if arg not in ("--verbose", "0")]
+    user_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(quiet, env=user_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    console = (done.stdout + done.stderr).splitlines()
+    assert len(console) <= 40, "\n".join(console)
+    for noise in ("E0000", "W0000", "I0000", "absl::InitializeLog", "Running Trial", "UserWarning"):
+        assert not any(noise in line for line in console), (noise, console)
+    for phase in ("coarse search: Hyperband", "coarse filter:", "fine search: Hyperband",
+                  "fine filter:", "final training:", "IoU "):
+        assert any(line.startswith(phase) for line in console), (phase, console)
     results = json.loads((out / "results.json").read_text())
     after = finished_trials(project)
     # The trials finished before the kill are kept, untouched, and the search completed

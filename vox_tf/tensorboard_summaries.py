@@ -92,9 +92,11 @@ def write_error_cloud(logdir, pred, voxels: VoxelGrid, step, seed=0):
         colors.append(np.tile(np.round(np.array(color) * 255).astype(np.uint8), (len(indices), 1)))
     vertices = np.concatenate(points).astype(np.float32)[None]
     with tf.summary.create_file_writer(str(logdir)).as_default():
+        # Points as large as a voxel, so the cloud reads as the voxel model.
+        material = {"cls": "PointsMaterial", "size": 2.0 / voxels.resolution / voxels.scale}
         mesh_summary.mesh(MESH_TAG, vertices=vertices, colors=np.concatenate(colors)[None],
-                          step=step, description="grey: right, red: false positive, "
-                                                 "blue: false negative")
+                          config_dict={"material": material}, step=step,
+                          description="grey: right, red: false positive, blue: false negative")
 
 
 def write_hparams_config(logdir, spaces, metrics):
