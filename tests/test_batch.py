@@ -11,13 +11,15 @@ import trimesh
 
 from test_search import TINY, write_config
 from vox_tf import search
-from vox_tf.batch import MeshFile, TfdsExample, VoxelFile, run_batch, voxel_dir_sources
+from vox_tf.batch import (MeshFile, TfdsExample, VoxelFile, run_batch, search_model,
+                          voxel_dir_sources)
 from vox_tf.batch_beam import default_threads, pipeline_options
 from vox_tf.batch_summary import read_summary
 from vox_tf.grid import VoxelGrid
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.reference_table import load_reference
 from vox_tf.search_config import load_config
+from vox_tf.search_pipeline import search_record
 from vox_tf.shapes import builtin_shape
 from vox_tf.voxelize import voxelize, voxelize_file
 
@@ -115,6 +117,27 @@ def test_reference_columns_sit_beside_ours(beam_run, grids, tiny_config, tmp_pat
     # The reference's mean is over the models it lists among those searched: the sphere alone.
     mean = (out / "summary.csv").read_text().splitlines()[-1]
     assert mean.startswith("mean of 2,") and mean.endswith(",5000.0,0.9,1000.0,123.0")
+
+
+def test_a_finished_model_is_read_back_not_searched(grids, tiny_config, tmp_path):
+    """Its results.json is the row, even with a null chamfer (an empty prediction)."""
+    config, source = load_config(tiny_config), VoxelFile("sphere", str(grids / "sphere.npz"))
+    run_dir = tmp_path / "sphere"
+    run_dir.mkdir()
+    (run_dir / "search.json").write_text(json.dumps(search_record(config, source.load())))
+    results = {"iou": 0.0, "chamfer_l2": None, "params_coarse": 10, "params_fine": 20,
+               "params": 30, "bytes_fp32": 120, "seconds_total": 5.0, "coarse_arch": "8:elu",
+               "fine_arch": "8:relu"}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    row = search_model(source, config, tmp_path, verbose=0)
+    assert row["chamfer_l2"] is None and row["params"] == 30 and row["seconds"] == 5.0
+    assert row["error"] == "" and sorted(p.name for p in run_dir.iterdir()) == [
+        "results.json", "search.json"]
+    # Finished with another config: refused like a resumed search, not reported as this one's.
+    other = load_config(tiny_config)
+    other.fine.final_epochs += 1
+    row = search_model(source, other, tmp_path, verbose=0)
+    assert "search with other settings (config.fine)" in row["error"]
 
 
 @pytest.mark.skipif(not SEEDGRIDS.is_dir(), reason="the shared seed grids are not here")

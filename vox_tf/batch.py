@@ -187,15 +187,17 @@ def search_model(source, config: SearchConfig, out_dir, verbose=1):
         # check_run first: finished results made with another config or other voxels are
         # refused like a resumed search would be, not reported as this config's.
         check_run(run_dir, config, voxels)
-        if not (run_dir / RESULTS_FILE).is_file():  # written atomically, last: the run finished
-            run_search(voxels, config, run_dir, verbose)
+        if (run_dir / RESULTS_FILE).is_file():  # written atomically, last: the run finished
+            print(f"{source.name}: finished earlier, not searched again", file=sys.stderr)
+        else:
+            print(summary_line(run_search(voxels, config, run_dir, verbose), run_dir),
+                  file=sys.stderr)
         # Read back even after a fresh search, so a new and a resumed batch make the same row.
         results = json.loads((run_dir / RESULTS_FILE).read_text())
     except Exception as err:  # recorded and skipped: one bad model must not end the batch
         reason = str(err) if isinstance(err, ValueError) else traceback.format_exc(limit=1)
         print(f"error: {source.name}: {reason.strip()}", file=sys.stderr)
         return failure_row(source.name, reason.strip().splitlines()[-1])
-    print(summary_line(results, run_dir), file=sys.stderr)
     return summary_row(source.name, results)
 
 
