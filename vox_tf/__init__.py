@@ -11,10 +11,11 @@ __version__ = "0.1.0"
 
 
 def load(path):
-    """Loads a reconstructor saved by ``python -m vox_tf.train`` or ``python -m vox_tf.search``.
+    """Loads a reconstructor saved by ``python -m vox_tf.train``, ``vox_tf.search`` or ``vox_tf.pack``.
 
     Args:
-        path: the model directory (both stages' .keras files and metadata.json).
+        path: the model directory (both stages' .keras files and metadata.json), or a packed
+            model file (.vxz of ``python -m vox_tf.pack``).
     Returns:
         vox_tf.hierarchy.HierarchicalReconstructor; ``.predict_grid()`` gives bool [R, R, R].
 
@@ -22,6 +23,12 @@ def load(path):
         >>> grid = vox_tf.load("runs/demo/model").predict_grid()
     """
     # Imported here so that `import vox_tf` stays free of Keras until a model is needed.
+    from pathlib import Path
+
+    if Path(path).is_file():
+        from vox_tf.packed_model import read
+
+        return read(path)
     from vox_tf.hierarchy import load as load_reconstructor
 
     return load_reconstructor(path)

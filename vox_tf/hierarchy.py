@@ -17,7 +17,7 @@ import numpy as np
 
 from vox_tf.errors import MeshError
 from vox_tf.files import atomic_output
-from vox_tf.grid import VoxelGrid, indices_from_dense
+from vox_tf.grid import VoxelGrid, indices_from_dense, points_to_indices, voxel_centers
 from vox_tf.metrics import parameter_count
 from vox_tf.models import arch_of, format_arch
 from vox_tf.sampling import grid_points, upsample_mask
@@ -29,6 +29,28 @@ FORMAT = "vox_tf.hierarchical/1"
 THRESHOLD = 0.5
 PREDICT_BATCH = 1 << 16
 """Points per network call when reconstructing: ~10 MiB of activations for a 128-wide net."""
+
+
+def probabilities(model, resolution, mask=None, batch_size=PREDICT_BATCH):
+    """The model's probabilities at the voxel centres of the R^3 grid (only inside ``mask``).
+
+    Args:
+        model: keras.Model, float32 [B, 3] -> [B, 1] probabilities.
+        resolution: R.
+        mask: optional bool [R, R, R].
+        batch_size: points per call; bounds memory whatever R.
+    Returns:
+        float32 [M], one per voxel of the mask (all R^3 without one) in np.flatnonzero order.
+
+    Example:
+        >>> probabilities(model, 32).shape
+        (32768,)
+    """
+    # A direct call, not predict_on_batch: under MirroredStrategy Keras 3.15's
+    # predict_on_batch returns every replica's outputs stacked (2B rows for B points).
+    parts = [np.asarray(model(points, training=False))[:, 0]
+             for points, _ in grid_points(resolution, mask=mask, batch_size=batch_size)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def occupancy_grid(model, resolution, mask=None, batch_size=PREDICT_BATCH):
@@ -47,12 +69,10 @@ def occupancy_grid(model, resolution, mask=None, batch_size=PREDICT_BATCH):
         (32, 32, 32)
     """
     grid = np.zeros((resolution,) * 3, dtype=bool)
-    for points, indices in grid_points(resolution, mask=mask, batch_size=batch_size):
-        # A direct call, not predict_on_batch: under MirroredStrategy Keras 3.15's
-        # predict_on_batch returns every replica's outputs stacked (2B rows for B points).
-        occupied = np.asarray(model(points, training=False))[:, 0] > THRESHOLD
-        i = indices.numpy()
-        grid[i[:, 0], i[:, 1], i[:, 2]] = occupied
+    occupied = probabilities(model, resolution, mask, batch_size) > THRESHOLD
+    if mask is None:
+        return occupied.reshape(grid.shape)
+    grid.reshape(-1)[np.flatnonzero(mask)] = occupied
     return grid
 
 
@@ -67,6 +87,8 @@ class HierarchicalReconstructor:
         coarse_resolution: Rc (32 in METHOD.md).
         source: where the voxels came from.
         metrics: dict of figures measured at training time, kept in the metadata.
+        residual: optional int64 [W] sorted flat voxel numbers (i R^2 + j R + k) where the
+            networks are wrong: a lossless packed model's correction, applied to every answer.
 
     Example:
         >>> rec = vox_tf.load("runs/bunny")
@@ -74,7 +96,7 @@ class HierarchicalReconstructor:
     """
 
     def __init__(self, coarse, fine, resolution, center=(0.0, 0.0, 0.0), scale=1.0,
-                 coarse_resolution=32, source="", metrics=None):
+                 coarse_resolution=32, source="", metrics=None, residual=None):
         if resolution < coarse_resolution:
             raise ValueError(f"the fine resolution ({resolution}) is below the coarse "
                              f"resolution ({coarse_resolution})")
@@ -84,6 +106,7 @@ class HierarchicalReconstructor:
         self.scale = float(scale)
         self.source = source
         self.metrics = dict(metrics or {})
+        self.residual = None if residual is None else np.asarray(residual, np.int64)
         self._mask = None
 
     def coarse_grid(self):
@@ -96,9 +119,46 @@ class HierarchicalReconstructor:
             self._mask = upsample_mask(self.coarse_grid(), self.resolution)
         return self._mask
 
+    def fine_probabilities(self, batch_size=PREDICT_BATCH):
+        """float32 [M]: the fine net at the mask's voxels, in np.flatnonzero(mask) order."""
+        return probabilities(self.fine, self.resolution, self.mask(), batch_size)
+
     def predict_grid(self, batch_size=PREDICT_BATCH):
-        """bool [R, R, R]: the fine net inside the mask, empty outside."""
-        return occupancy_grid(self.fine, self.resolution, mask=self.mask(), batch_size=batch_size)
+        """bool [R, R, R]: the fine net inside the mask, empty outside (then the residual)."""
+        grid = occupancy_grid(self.fine, self.resolution, mask=self.mask(), batch_size=batch_size)
+        if self.residual is not None:
+            grid.reshape(-1)[self.residual] ^= True
+        return grid
+
+    def occupancy(self, points_or_indices):
+        """Random access: the occupancy of some voxels, without reconstructing the grid.
+
+        Costs one coarse and at most one fine network call per voxel asked.
+
+        Args:
+            points_or_indices: int [N, 3] voxel indices, or float [N, 3] points in [-1, 1]
+                (each answered for the voxel containing it).
+        Returns:
+            bool [N], equal to predict_grid() at those voxels.
+
+        Example:
+            >>> rec.occupancy(np.array([[64, 64, 64]]))
+            array([ True])
+        """
+        query = np.asarray(points_or_indices).reshape(-1, 3)
+        indices = (query.astype(np.int64) if np.issubdtype(query.dtype, np.integer)
+                   else points_to_indices(query, self.resolution).astype(np.int64))
+        if indices.size and (indices.min() < 0 or indices.max() >= self.resolution):
+            raise ValueError(f"voxel indices must be within [0, {self.resolution})")
+        # The coarse voxel holding each fine centre: upsample_mask's nearest rule.
+        cells = (2 * indices + 1) * self.coarse_resolution // (2 * self.resolution)
+        inside = _predict(self.coarse, voxel_centers(cells, self.coarse_resolution))
+        answer = np.zeros(len(indices), bool)
+        answer[inside] = _predict(self.fine, voxel_centers(indices[inside], self.resolution))
+        if self.residual is not None:
+            flat = (indices[:, 0] * self.resolution + indices[:, 1]) * self.resolution + indices[:, 2]
+            answer ^= np.isin(flat, self.residual)
+        return answer
 
     def to_voxel_grid(self):
         """The reconstruction as a VoxelGrid, in the voxelize CLI's format and coordinates."""
@@ -148,6 +208,14 @@ class HierarchicalReconstructor:
         return cls(coarse, fine, metadata["resolution"], metadata["center"], metadata["scale"],
                    metadata["coarse_resolution"], metadata.get("source", ""),
                    metadata.get("metrics"))
+
+
+def _predict(model, points):
+    """bool [N]: the model's probability at float32 [N, 3] points exceeds 0.5."""
+    if len(points) == 0:
+        return np.zeros(0, bool)
+    return np.concatenate([np.asarray(model(points[start:start + PREDICT_BATCH], training=False))[:, 0]
+                           for start in range(0, len(points), PREDICT_BATCH)]) > THRESHOLD
 
 
 def load(path):

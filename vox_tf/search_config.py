@@ -19,7 +19,9 @@ from pathlib import Path
 import yaml
 
 from vox_tf.errors import MeshError
+from vox_tf.metrics import parameter_count
 from vox_tf.models import ACTIVATIONS
+from vox_tf.quantization import BITS
 from vox_tf.train_config import LR_SCHEDULES, TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "tuner_configs"
@@ -38,7 +40,7 @@ WIDTHS = {32: (8, 16, 24, 32, 40, 48), 64: (8, 16, 32, 40, 48, 64), 128: (16, 32
           256: (16, 32, 48, 64, 128), 512: (32, 48, 64, 96, 128)}
 """Layer widths searched per resolution (METHOD.md); other resolutions use the nearest list."""
 
-OBJECTIVES = ("reward", "accuracy", "iou")
+OBJECTIVES = ("reward", "packed_reward", "accuracy", "iou")
 
 
 def widths_for(resolution):
@@ -56,6 +58,8 @@ class ObjectiveConfig:
     """What a trial is scored by, on its reconstruction of the grid (direction: max).
 
     kind "reward": (accuracy - a) + (b - params) / c, METHOD.md's size-aware reward;
+    "packed_reward": the same with the network's bytes in a packed file at ``bits`` bits
+    (vox_tf.packed_model.network_bytes) instead of its parameter count, b and c in bytes;
     "accuracy" or "iou": that metric alone.
     """
 
@@ -63,15 +67,26 @@ class ObjectiveConfig:
     a: float = 0.98
     b: float = 7553.0
     c: float = 21121.0
+    bits: int = 8
 
     def check(self):
         _require(self.kind in OBJECTIVES, "kind", f"must be one of {', '.join(OBJECTIVES)}")
         _require(self.c > 0, "c", "must be > 0")
+        _require(self.bits in BITS, "bits", f"must be one of {', '.join(map(str, BITS))}")
 
-    def score(self, metrics, params):
-        """The objective value of one reconstruction (metrics of vox_tf.metrics.grid_metrics)."""
-        if self.kind == "reward":
-            return (metrics["accuracy"] - self.a) + (self.b - params) / self.c
+    def size(self, model):
+        """What the reward prices: packed bytes for "packed_reward", else parameters."""
+        if self.kind == "packed_reward":
+            from vox_tf.packed_model import network_bytes  # constriction only when used
+
+            return network_bytes(model, self.bits)
+        return parameter_count(model)
+
+    def score(self, metrics, size):
+        """The objective value of one reconstruction (metrics of vox_tf.metrics.grid_metrics)
+        for a network of ``size`` (:meth:`size`)."""
+        if self.kind in ("reward", "packed_reward"):
+            return (metrics["accuracy"] - self.a) + (self.b - size) / self.c
         return float(metrics[self.kind])
 
 

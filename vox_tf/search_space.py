@@ -135,7 +135,8 @@ class StageHyperModel(keras_tuner.HyperModel):
         scorer = ObjectiveLogger(self.settings.objective)
         result = train_stage(model, self.data, epochs_to_train, config,
                              callbacks=[scorer, *callbacks])
-        scored = scored_metrics(result.metrics, parameter_count(model), self.settings.objective)
+        scored = scored_metrics(result.metrics, parameter_count(model), self.settings.objective,
+                                self.settings.objective.size(model))
         for board in callbacks:
             # keras_tuner points its TensorBoard callback at this trial's own directory.
             if isinstance(board, keras.callbacks.TensorBoard):
@@ -155,9 +156,13 @@ class StageHyperModel(keras_tuner.HyperModel):
             self.progress.update(1)
 
 
-def scored_metrics(metrics, params, objective):
-    """What a trial reports to the tuner: the objective and the figures behind it."""
-    return {OBJECTIVE: objective.score(metrics, params), "accuracy": metrics["accuracy"],
+def scored_metrics(metrics, params, objective, size=None):
+    """What a trial reports to the tuner: the objective and the figures behind it.
+
+    ``size``: what the objective prices (ObjectiveConfig.size), when not the parameters.
+    """
+    size = params if size is None else size
+    return {OBJECTIVE: objective.score(metrics, size), "accuracy": metrics["accuracy"],
             "iou": metrics["iou"], "chamfer_l2": metrics["chamfer_l2"],
             "wrong_voxels": float(metrics["wrong_voxels"]), "params": float(params)}
 
@@ -171,5 +176,5 @@ class ObjectiveLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "accuracy" in logs and "iou" in logs:
-            logs[OBJECTIVE] = self.objective.score(logs, parameter_count(self.model))
+            logs[OBJECTIVE] = self.objective.score(logs, self.objective.size(self.model))
             logs["params"] = parameter_count(self.model)

@@ -31,6 +31,8 @@ from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import HierarchicalReconstructor
 from vox_tf.metrics import grid_metrics, parameter_count, storage_bytes
+from vox_tf.pack import VOXELS_FILE
+from vox_tf.packed_model import size_figures
 from vox_tf.run_layout import CONFIG_FILE, STAGE_FILE, check_same_run, clear_resume_state, voxel_fingerprint
 from vox_tf.stage_training import (check_resolutions, coarse_stage_data, fine_stage_data,
                                    train_stage)
@@ -91,7 +93,8 @@ def train_hierarchy(voxels: VoxelGrid, config: TrainConfig, out_dir, start=None)
     Returns:
         dict, the content of results.json: iou, chamfer_l2, accuracy, precision, recall (of
         the two-stage reconstruction over the full R^3 grid), params, params_coarse,
-        params_fine, bytes_fp32/fp16/int8, seconds_coarse, seconds_fine, epochs per stage,
+        params_fine, bytes_fp32/fp16/int8, bytes_packed (the 8-bit .vxz of vox_tf.pack), bpov
+        (its bits per occupied voxel), lzma_bytes (lzma of the bit-packed grid), seconds_coarse, seconds_fine, epochs per stage,
         the coarse stage's own metrics (coarse_*), the architectures and the voxel counts.
 
     Example:
@@ -131,11 +134,14 @@ def train_hierarchy(voxels: VoxelGrid, config: TrainConfig, out_dir, start=None)
         "resolution": voxels.resolution, "coarse_resolution": config.coarse_resolution,
         "occupied_voxels": int(len(voxels.indices)), "predicted_voxels": int(prediction.sum()),
         "mask_voxels": int(fine_data.mask.sum()), "source": voxels.source,
+        **size_figures(coarse, fine, voxels, config.coarse_resolution),
     }
     reconstructor = HierarchicalReconstructor(coarse, fine, voxels.resolution, voxels.center,
                                               voxels.scale, config.coarse_resolution,
                                               voxels.source, results)
     reconstructor.save(out_dir)
+    # The ground truth stays with the model: vox_tf.pack fine-tunes and checks against it.
+    voxels.save(out_dir / VOXELS_FILE)
     write_all(out_dir, prediction, voxels, results)
     return results
 
