@@ -6,14 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import trimesh
 import yaml
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 import vox_tf
 from vox_tf import search_pipeline
 from vox_tf.errors import MeshError
+from vox_tf.exports import ERROR_CLASSES
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
 from vox_tf.search_pipeline import Candidate, pick_smallest
@@ -62,6 +65,24 @@ def test_shipped_configs_load_with_method_defaults():
         0.98, 7553, 21121)
     assert paper.coarse.filter.tolerance == 1e-4 and paper.fine.filter.top == 10
     assert widths_for(256) == (16, 32, 48, 64, 128) and widths_for(32) == (8, 16, 24, 32, 40, 48)
+
+
+def test_default_config_fits_the_grid_resolution(tmp_path):
+    at_128, at_256, at_512 = (load_config().for_resolution(r) for r in (128, 256, 512))
+    assert (at_128.fine.max_layers, at_128.fine.widths) == (3, [32, 48, 64])
+    # 256^3 and up: METHOD.md's fine widths for the grid, up to 6 layers; the coarse stage
+    # (always 32^3) and the rest of the file unchanged.
+    assert at_256.resolution == 256 and at_256.fine.max_layers == 6
+    assert at_256.fine.widths_at(256) == [16, 32, 48, 64, 128]
+    assert at_512.fine.widths_at(512) == [32, 48, 64, 96, 128]
+    assert at_256.coarse == at_128.coarse and at_256.training == at_128.training
+    # A user's config without by_resolution is used as written, whatever the grid.
+    mine = write_config(tmp_path / "mine.yaml", {"fine": {"max_layers": 2}})
+    assert load_config(mine).for_resolution(256).fine.max_layers == 2
+    assert at_256.for_resolution(256) == at_256
+    bad = write_config(tmp_path / "bad.yaml", {"by_resolution": {256: {"fine": {"max_layer": 6}}}})
+    with pytest.raises(MeshError, match=r"bad.yaml: by_resolution\.256\.fine\.max_layer: unknown key"):
+        load_config(bad)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -124,19 +145,67 @@ def _plugin_names(directory, pattern="**/events.out.tfevents.*"):
     return names
 
 
-def test_tensorboard_has_hparams_for_every_trial_and_loss_curves(run):
+def _experiment_hparams(directory):
+    """Names of the hyperparameters declared by the HParams experiment in ``directory``'s events."""
+    for path in Path(directory).glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "_hparams_/experiment":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content)
+                    return ({h.name for h in data.experiment.hparam_infos},
+                            {m.name.tag for m in data.experiment.metric_infos})
+    return None
+
+
+def test_tensorboard_shows_both_stages_trials_pictures_and_3d_errors(run):
     out, results = run
+    logs = out / "tensorboard"
+    # One HParams experiment at the root covers the trials of both stages.
+    hparams, metrics = _experiment_hparams(logs)
+    assert {"layers", "width_0", "activation_0"} <= hparams
+    assert {"epoch_objective", "epoch_wrong_voxels", "epoch_params", "epoch_iou"} <= metrics
     for stage in ("coarse", "fine"):
-        logs = out / "tensorboard" / stage
-        root = {tag for plugin, tag in _plugin_names(logs, "events.out.tfevents.*") if plugin == "hparams"}
-        assert "_hparams_/experiment" in root
-        trials = sorted(p for p in logs.iterdir() if p.is_dir())
+        assert _experiment_hparams(logs / stage) is None
+        trials = sorted(p for p in (logs / stage).iterdir() if p.is_dir())
         assert len(trials) == results[f"trials_{stage}"]
         for trial in trials:
             tags = _plugin_names(trial)
             assert ("hparams", "_hparams_/session_start_info") in tags, trial
-            assert any(tag == "epoch_loss" for _, tag in tags), trial
-    assert any(tag == "epoch_loss" for _, tag in _plugin_names(out / "model" / "fine"))
+            for scalar in ("epoch_loss", "epoch_wrong_voxels", "epoch_params"):
+                assert ("scalars", scalar) in tags, (trial, scalar)
+            assert ("images", "reconstruction") in tags, trial  # the trial's last state
+    # Each trial is its own session group, the stage in its name (both stages count from 0000).
+    groups = set()
+    for path in logs.glob("*/*/*/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    groups.add(plugin_data_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content).session_start_info.group_name)
+    assert len(groups) == results["trials_coarse"] + results["trials_fine"]
+    assert {g.split()[0] for g in groups} == {"coarse", "fine"}
+    # The final training: a picture at each grid evaluation, then the preview and 3D errors.
+    fine = _plugin_names(out / "model" / "fine")
+    assert ("images", "reconstruction") in fine and ("scalars", "epoch_loss") in fine
+    final = _plugin_names(out / "model" / "final")
+    assert ("images", "preview") in final
+    assert {("mesh", "errors_VERTEX"), ("mesh", "errors_COLOR")} <= final
+
+
+def test_error_projections_mark_each_kind_of_voxel():
+    from vox_tf.tensorboard_summaries import error_projections
+
+    target = np.zeros((8, 8, 8), bool)
+    target[2:6, 2:6, 2:6] = True
+    pred = target.copy()
+    pred[0, 0, 0] = True      # false positive
+    pred[3, 3, 5] = False     # false negative, hidden behind true positives along x and y
+    image = error_projections(pred, target)
+    assert image.dtype == np.uint8 and image.shape == (192, 576, 3)
+    colours = {tuple(c) for c in image.reshape(-1, 3)}
+    for _, colour in ERROR_CLASSES:
+        assert tuple(np.round(255 * np.array(colour)).astype(np.uint8)) in colours, colour
 
 
 def test_rerun_reuses_finished_trials(run, tiny_config):
@@ -162,7 +231,8 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", {"fine": {"filter": {"top": 0}}})
     # Run from another directory: the default config is still found, the mesh is what fails.
     cases = {"bad.yaml: fine.filter.top": ["--config", str(bad)],
-             "missing.obj": ["--mesh", str(tmp_path / "missing.obj")]}
+             "missing.obj": ["--mesh", str(tmp_path / "missing.obj")],
+             "resolution must be an integer in [8, 1024], got 4": ["--resolution", "4"]}
     for expected, args in cases.items():
         out = tmp_path / "out"
         done = subprocess.run([sys.executable, "-m", "vox_tf.search", *args, "--out", str(out)],

@@ -67,7 +67,7 @@ def test_killed_search_resumes_without_rerunning_trials(tmp_path):
     assert len(console) <= 40, "\n".join(console)
     for noise in ("E0000", "W0000", "I0000", "absl::InitializeLog", "Running Trial", "UserWarning"):
         assert not any(noise in line for line in console), (noise, console)
-    for phase in ("coarse search: Hyperband", "coarse filter:", "fine search: Hyperband",
+    for phase in ("search at 16^3: coarse 1-2 layers of 8,16", "coarse search: Hyperband", "coarse filter:", "fine search: Hyperband",
                   "fine filter:", "final training:", "IoU "):
         assert any(line.startswith(phase) for line in console), (phase, console)
     results = json.loads((out / "results.json").read_text())

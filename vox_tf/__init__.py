@@ -1,7 +1,12 @@
 """vox_tf: one 3D model -> the smallest neural network that reconstructs its voxels."""
 
-from vox_tf import _oplib
+from vox_tf import _oplib, console
 from vox_tf.errors import MeshError
+
+if console.is_vox_tf_command():
+    # Before any vox_tf module imports TensorFlow: its start-up log reads like failures.
+    console.quiet_tensorflow_start()
+    console.quiet_expected_warnings()
 
 # Refuse a missing or stale compiled library at import, with the command that fixes it,
 # rather than a crash deep inside TensorFlow at first use.

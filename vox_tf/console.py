@@ -62,7 +62,7 @@ def quiet_tensorflow_start():
 
             tf.config.list_physical_devices()
     except Exception:  # noqa: BLE001 - shown by the import below, with stderr open
-        import tensorflow  # noqa: F401
+        import tensorflow  # noqa: F401 - re-raises with the message visible
 
 
 def quiet_expected_warnings():

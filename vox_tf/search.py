@@ -32,7 +32,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from vox_tf.batch import mesh_dir_sources, run_batch, tfds_sources, voxel_dir_sources
-from vox_tf.grid import VoxelGrid
+from vox_tf.grid import VoxelGrid, check_resolution
 from vox_tf.reference_table import load_reference
 from vox_tf.search_config import SearchConfig, load_config
 from vox_tf.search_pipeline import check_run, run_search, summary_line
@@ -82,7 +82,11 @@ def _parser():
                    help="with --beam-pipeline-options: TensorFlow threads of each worker "
                         "(default: the cores / direct_num_workers on a local runner, all the "
                         "worker's cores on a cluster)")
-    p.add_argument("--config", help="search config YAML (default: tuner_configs/quick.yaml)")
+    p.add_argument("--config", help="search config YAML (default: tuner_configs/quick.yaml, "
+                                    "which adapts its space to 256^3 and 512^3 grids)")
+    p.add_argument("--resolution", type=int, metavar="R",
+                   help="voxelize --mesh, --mesh-dir and the built-in shape at R^3 (default: the "
+                        "config's resolution; voxel files keep their own)")
     p.add_argument("--out", default="runs/search", help="run directory (default: runs/search)")
     p.add_argument("--mirrored", action="store_true",
                    help="train each trial on all visible GPUs (tf.distribute.MirroredStrategy)")
@@ -130,6 +134,9 @@ def main(argv=None) -> int:
     beam_options = None
     try:
         config = load_config(args.config)
+        if args.resolution is not None:
+            check_resolution(args.resolution)
+            config = config.for_resolution(args.resolution)
         if batch:
             sources = batch_sources(args, config)
             reference = (load_reference(args.reference, [s.name for s in sources])
@@ -141,6 +148,7 @@ def main(argv=None) -> int:
         else:
             voxels = single_voxels(args, config)
             check_resolutions(voxels, train_config(config))
+            config = config.for_resolution(voxels.resolution)
             check_run(args.out, config, voxels)
     except ValueError as err:  # MeshError is a ValueError
         print(f"error: {err}", file=sys.stderr)

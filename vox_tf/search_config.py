@@ -41,6 +41,7 @@ WIDTHS = {32: (8, 16, 24, 32, 40, 48), 64: (8, 16, 32, 40, 48, 64), 128: (16, 32
 """Layer widths searched per resolution (METHOD.md); other resolutions use the nearest list."""
 
 OBJECTIVES = ("reward", "packed_reward", "accuracy", "iou")
+BY_RESOLUTION = "by_resolution"
 
 
 def widths_for(resolution):
@@ -239,12 +240,42 @@ class SearchConfig:
     fine: StageSearchConfig = field(default_factory=lambda: StageSearchConfig(
         hyperband=HyperbandConfig(max_epochs=60), filter=FilterConfig(epochs=200),
         final_epochs=1000))
+    by_resolution: dict = field(default_factory=dict)
 
     def check(self):
         _require_int(self, "resolution", 8)
         _require_int(self, "coarse_resolution", 1)
         _require(self.coarse_resolution <= self.resolution, "coarse_resolution",
                  f"must not exceed resolution ({self.resolution})")
+        # Every entry is checked now, not when a grid of its resolution turns up.
+        for key, overrides in self.by_resolution.items():
+            where = f"{BY_RESOLUTION}.{key}"
+            _require(_is_int(key) and key >= 8, where, "keys must be grid resolutions (integers >= 8)")
+            _require(isinstance(overrides, dict) and "resolution" not in overrides
+                     and BY_RESOLUTION not in overrides, where,
+                     "must be a mapping of config keys other than resolution and by_resolution")
+            try:
+                from_dict(SearchConfig, _merged({**self.to_dict(), BY_RESOLUTION: {}}, overrides))
+            except ValueError as err:
+                raise _BadValue(f"{where}.{str(err).split(': ', 1)[0]}",
+                                str(err).split(": ", 1)[-1]) from None
+
+    def for_resolution(self, resolution):
+        """This config for a grid of ``resolution``: its by_resolution entry applied.
+
+        The entry of the largest resolution <= ``resolution`` is laid over the other keys
+        (quick.yaml's make 256^3 and 512^3 searches use METHOD.md's fine space); ``resolution``
+        becomes the config's. Applying it twice changes nothing.
+
+        Example:
+            >>> load_config().for_resolution(256).fine.max_layers
+            6
+        """
+        data = self.to_dict()
+        applied = [r for r in self.by_resolution if r <= resolution]
+        if applied:
+            data = _merged(data, self.by_resolution[max(applied)])
+        return from_dict(SearchConfig, {**data, "resolution": int(resolution)})
 
     def stage(self, name):
         return getattr(self, name)
@@ -340,7 +371,9 @@ def _describe(annotation):
 def load_config(path=None):
     """Reads a YAML search config; ``None`` reads the shipped quick config.
 
-    Missing keys take the defaults of the dataclasses (METHOD.md's values).
+    Missing keys take the defaults of the dataclasses (METHOD.md's values). The result is for
+    the file's ``resolution``; :meth:`SearchConfig.for_resolution` adapts it to a grid's own
+    (the search does so for every grid it is given).
 
     Raises:
         MeshError: "<file>: <key>: <reason>" for a missing or unreadable file, bad YAML, an
@@ -354,6 +387,24 @@ def load_config(path=None):
     except yaml.YAMLError as err:
         raise MeshError(path, f"not valid YAML ({err})") from None
     try:
-        return from_dict(SearchConfig, _merged(SearchConfig().to_dict(), data if data is not None else {}))
+        config = from_dict(SearchConfig, _merged(SearchConfig().to_dict(), data if data is not None else {}))
+        return config.for_resolution(config.resolution)
     except ValueError as err:
         raise MeshError(path, str(err)) from None
+
+
+def describe(config: SearchConfig):
+    """One line on what a search will use, for the run's console output.
+
+    Example:
+        >>> describe(load_config().for_resolution(256))
+        'search at 256^3: coarse 2-3 layers of 16,24,32,40; fine 2-6 layers of 16,32,48,64,128; ...'
+    """
+    stages = []
+    for name in ("coarse", "fine"):
+        s = config.stage(name)
+        at = config.coarse_resolution if name == "coarse" else config.resolution
+        stages.append(f"{name} {s.min_layers}-{s.max_layers} layers of "
+                      f"{','.join(map(str, s.widths_at(at)))}, Hyperband {s.hyperband.max_epochs} "
+                      f"epochs, filter {s.filter.top} x {s.filter.epochs}, final {s.final_epochs}")
+    return f"search at {config.resolution}^3: " + "; ".join(stages)

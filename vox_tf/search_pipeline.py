@@ -40,7 +40,7 @@ from vox_tf.exports import PREVIEW_FILE, RESULTS_FILE, write_results
 from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
 from vox_tf.metrics import parameter_count
-from vox_tf.search_config import SearchConfig
+from vox_tf.search_config import SearchConfig, describe
 from vox_tf.search_space import (OBJECTIVE, StageHyperModel, arch_from_values,
                                  encoding_from_values, train_config)
 from vox_tf.run_layout import (DONE_FILE, MODEL_DIR, RUN_FILE, SEARCH_DIR, TENSORBOARD_DIR,
@@ -271,6 +271,9 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
                distribution_strategy=None):
     """The whole search on one voxel model into ``run_dir``; resumable.
 
+    The config is taken at the grid's own resolution (SearchConfig.for_resolution: the
+    default config searches METHOD.md's fine space at 256^3 and 512^3), and says so.
+
     Returns:
         dict, the content of DIR/results.json: vox_tf.train's results (iou, chamfer_l2,
         params_coarse, params_fine, seconds_coarse, seconds_fine, ...) plus coarse_arch,
@@ -282,7 +285,9 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
     """
     run_dir = Path(run_dir)
     check_resolutions(voxels, train_config(config))
+    config = config.for_resolution(voxels.resolution)
     check_run(run_dir, config, voxels)
+    phase(verbose, describe(config))
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(run_dir / RUN_FILE) as tmp:
         tmp.write_text(json.dumps(search_record(config, voxels), indent=2))

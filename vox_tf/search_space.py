@@ -18,6 +18,7 @@ from pathlib import Path
 
 import keras
 import keras_tuner
+from tensorboard.plugins.hparams import api as hparams_api
 
 from vox_tf.metrics import parameter_count
 from vox_tf.models import format_arch
@@ -133,6 +134,12 @@ class StageHyperModel(keras_tuner.HyperModel):
                               jit_compile=self.config.training.jit_compile_trials,
                               verbose=self.verbose)
         scorer = ObjectiveLogger(self.settings.objective)
+        for session in callbacks:
+            # keras_tuner names each HParams session by its trial id alone, and both stages
+            # number their trials from 0000: the dashboard would merge coarse 0000 with fine
+            # 0000. The stage in the name keeps them apart.
+            if isinstance(session, hparams_api.KerasCallback) and session._trial_id:
+                session._trial_id = f"{self.stage} {session._trial_id}"
         result = train_stage(model, self.data, epochs_to_train, config,
                              callbacks=[scorer, *callbacks])
         scored = scored_metrics(result.metrics, parameter_count(model), self.settings.objective,

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from vox_tf.exports import ERROR_CLASSES, error_grids
 from vox_tf.grid import VoxelGrid, voxel_centers
-from vox_tf.preview import BACKGROUND
+from vox_tf.preview import projection_panels
 
 IMAGE_TAG = "reconstruction"
 MESH_TAG = "errors"
@@ -40,15 +40,9 @@ def error_projections(pred, target):
         >>> error_projections(np.ones((4, 4, 4), bool), np.ones((4, 4, 4), bool)).shape
         (192, 576, 3)
     """
-    layers = list(zip((color for _, color in ERROR_CLASSES), error_grids(pred, target).values()))
-    panels = []
-    for axis in range(3):
-        shape = tuple(n for a, n in enumerate(np.shape(pred)) if a != axis)
-        image = np.broadcast_to(np.array(BACKGROUND), shape + (3,)).copy()
-        for color, grid in layers:
-            image[grid.any(axis=axis)] = color
-        # Rows = the vertical axis, top row highest, as a person expects.
-        panels.append(np.swapaxes(image, 0, 1)[::-1])
+    layers = {label: (grid, color) for (label, color), grid in
+              zip(ERROR_CLASSES, error_grids(pred, target).values())}
+    panels = [panel.image for panel in projection_panels("errors", layers)]
     strip = np.concatenate(panels, axis=1)
     scale = max(1, -(-IMAGE_MIN_SIDE // strip.shape[0]))
     strip = strip.repeat(scale, axis=0).repeat(scale, axis=1)

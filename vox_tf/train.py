@@ -26,14 +26,17 @@ from pathlib import Path
 
 import keras
 
-from vox_tf.exports import write_all
+from vox_tf.console import phase
+from vox_tf import tensorboard_summaries
+from vox_tf.exports import PREVIEW_FILE, write_all
 from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import HierarchicalReconstructor
 from vox_tf.metrics import grid_metrics, parameter_count, storage_bytes
 from vox_tf.pack import VOXELS_FILE
 from vox_tf.packed_model import size_figures
-from vox_tf.run_layout import CONFIG_FILE, STAGE_FILE, check_same_run, clear_resume_state, voxel_fingerprint
+from vox_tf.run_layout import (CONFIG_FILE, FINAL_SUMMARY_DIR, STAGE_FILE, check_same_run,
+                               clear_resume_state, voxel_fingerprint)
 from vox_tf.stage_training import (check_resolutions, coarse_stage_data, fine_stage_data,
                                    train_stage)
 from vox_tf.train_config import LR_SCHEDULES, TrainConfig
@@ -62,15 +65,16 @@ def _run_stage(name, data, arch, epochs, config, out_dir, start=None):
     model_path, stage_dir = out_dir / f"{name}.keras", out_dir / name
     done_path = stage_dir / STAGE_FILE
     if done_path.exists() and model_path.exists():
-        print(f"{name} stage: already trained, reusing {model_path}", file=sys.stderr)
+        phase(config.verbose, f"{name} stage: already trained, reusing {model_path}")
         return keras.saving.load_model(model_path, compile=False), json.loads(done_path.read_text())
-    print(f"{name} stage: {arch} at {data.resolution}^3, up to {epochs} epochs", file=sys.stderr)
+    phase(config.verbose, f"{name} stage: {arch} at {data.resolution}^3, up to {epochs} epochs")
     keras.utils.set_random_seed(config.seed)
     model = config.build(arch, name)
     warm = start is not None and [w.shape for w in start.weights] == [w.shape for w in model.weights]
     if warm:
         model.set_weights(start.get_weights())
-    result = train_stage(model, data, epochs, config, stage_dir=stage_dir, warm_start=warm)
+    result = train_stage(model, data, epochs, config, stage_dir=stage_dir, warm_start=warm,
+                         description=f"{name} training")
     with atomic_output(model_path) as tmp:
         model.save(tmp)
     summary = {"metrics": result.metrics, "seconds": result.seconds, "epochs": result.epochs,
@@ -143,6 +147,10 @@ def train_hierarchy(voxels: VoxelGrid, config: TrainConfig, out_dir, start=None)
     # The ground truth stays with the model: vox_tf.pack fine-tunes and checks against it.
     voxels.save(out_dir / VOXELS_FILE)
     write_all(out_dir, prediction, voxels, results)
+    summaries = out_dir / FINAL_SUMMARY_DIR
+    step = fine_summary["epochs"]
+    tensorboard_summaries.write_png(summaries, out_dir / PREVIEW_FILE, step)
+    tensorboard_summaries.write_error_cloud(summaries, prediction, voxels, step)
     return results
 
 
