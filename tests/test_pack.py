@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import vox_tf
-from vox_tf import lossless, pack, packed_model, quantization, train, train_config, unpack
+from vox_tf import lossless, pack, packed_model, quantization, train, train_config
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.metrics import iou
 

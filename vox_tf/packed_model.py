@@ -22,6 +22,7 @@ is smaller for it; :func:`weight_codings` also measures all-ANS and all-LZMA.
 """
 
 import hashlib
+import lzma
 import struct
 import zlib
 from pathlib import Path
@@ -298,7 +299,7 @@ def read(path):
         raise MeshError(path, "corrupted (checksum mismatch)")
     try:
         return _decode(_Reader(payload))
-    except (ValueError, struct.error, lossless.lzma.LZMAError) as err:
+    except (ValueError, struct.error, lzma.LZMAError) as err:
         raise MeshError(path, f"corrupted ({err})") from None
 
 
@@ -339,8 +340,8 @@ def lzma_bytes(grid):
         >>> lzma_bytes(np.zeros((32, 32, 32), bool))
         72
     """
-    return len(lossless.lzma.compress(np.packbits(np.asarray(grid, bool)).tobytes(),
-                                      preset=9 | lossless.lzma.PRESET_EXTREME))
+    return len(lzma.compress(np.packbits(np.asarray(grid, bool)).tobytes(),
+                             preset=9 | lzma.PRESET_EXTREME))
 
 
 def size_figures(coarse, fine, voxels, coarse_resolution, bits=8):
