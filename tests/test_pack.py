@@ -215,7 +215,9 @@ def test_bad_files_give_one_line_exit_2_and_write_nothing(packed, tmp_path):
         assert reasons[name] in result.stderr, result.stderr
         assert not out.exists()
         with pytest.raises(vox_tf.MeshError, match=reasons[name]):
-            packed_model.read(path)
+            vox_tf.load(path)
+    with pytest.raises(vox_tf.MeshError, match="missing.vxz: cannot read"):
+        vox_tf.load(tmp_path / "missing.vxz")
 
 
 def test_pack_refuses_unfinished_runs_and_finds_a_search_runs_model(run, tmp_path):

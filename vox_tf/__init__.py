@@ -30,7 +30,7 @@ def load(path):
     # Imported here so that `import vox_tf` stays free of Keras until a model is needed.
     from pathlib import Path
 
-    if Path(path).is_file():
+    if Path(path).is_file() or Path(path).suffix == ".vxz":  # a missing .vxz: say so as one
         from vox_tf.packed_model import read
 
         return read(path)
