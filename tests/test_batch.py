@@ -121,10 +121,13 @@ def test_reference_columns_sit_beside_ours(beam_run, grids, tiny_config, tmp_pat
 
 def test_a_finished_model_is_read_back_not_searched(grids, tiny_config, tmp_path):
     """Its results.json is the row, even with a null chamfer (an empty prediction)."""
-    config, source = load_config(tiny_config), VoxelFile("sphere", str(grids / "sphere.npz"))
+    source = VoxelFile("sphere", str(grids / "sphere.npz"))
+    # A config for 64^3 grids; run_search recorded it at the grid's own 32^3.
+    config = load_config(tiny_config).for_resolution(64)
     run_dir = tmp_path / "sphere"
     run_dir.mkdir()
-    (run_dir / "search.json").write_text(json.dumps(search_record(config, source.load())))
+    (run_dir / "search.json").write_text(
+        json.dumps(search_record(config.for_resolution(32), source.load())))
     results = {"iou": 0.0, "chamfer_l2": None, "params_coarse": 10, "params_fine": 20,
                "params": 30, "bytes_fp32": 120, "seconds_total": 5.0, "coarse_arch": "8:elu",
                "fine_arch": "8:relu"}
@@ -134,7 +137,7 @@ def test_a_finished_model_is_read_back_not_searched(grids, tiny_config, tmp_path
     assert row["error"] == "" and sorted(p.name for p in run_dir.iterdir()) == [
         "results.json", "search.json"]
     # Finished with another config: refused like a resumed search, not reported as this one's.
-    other = load_config(tiny_config)
+    other = load_config(tiny_config).for_resolution(64)
     other.fine.final_epochs += 1
     row = search_model(source, other, tmp_path, verbose=0)
     assert "search with other settings (config.fine)" in row["error"]

@@ -185,8 +185,9 @@ def search_model(source, config: SearchConfig, out_dir, verbose=1):
     try:
         voxels = source.load()
         # check_run first: finished results made with another config or other voxels are
-        # refused like a resumed search would be, not reported as this config's.
-        check_run(run_dir, config, voxels)
+        # refused like a resumed search would be, not reported as this config's. run_search
+        # records the config at the grid's own resolution: compare that.
+        check_run(run_dir, config.for_resolution(voxels.resolution), voxels)
         if (run_dir / RESULTS_FILE).is_file():  # written atomically, last: the run finished
             print(f"{source.name}: finished earlier, not searched again", file=sys.stderr)
         else:
