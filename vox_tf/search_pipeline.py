@@ -160,8 +160,9 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
         result = train_stage(model, data, settings.epochs, train_settings, stage_dir=directory,
                              description=f"{stage} filter {index + 1}/{count} {candidate.arch}")
         params = parameter_count(model)
+        objective = config.stage(stage).objective
         retrained = Candidate(candidate.arch, candidate.encoding,
-                              config.stage(stage).objective.score(result.metrics, params),
+                              objective.score(result.metrics, objective.size(model)),
                               result.metrics["accuracy"], params, candidate.trial_id)
         with atomic_output(model_path) as tmp:
             model.save(tmp)
