@@ -225,8 +225,11 @@ def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribu
         write_hparams_config(logdir, [*other_spaces, space], HPARAMS_METRICS)
     phase(verbose, f"{stage} search: Hyperband, max_epochs "
                    f"{config.stage(stage).hyperband.max_epochs}, grid {data.resolution}^3")
-    with progress_bar(verbose, hyperband_trials(tuner.oracle), f"{stage} search", "trial") as bar:
-        bar.update(finished_trials(tuner))
+    # A worker's oracle is a client of the chief's: it counts only the trials it runs.
+    worker = distributed_role() == "worker"
+    total = None if worker else hyperband_trials(tuner.oracle)
+    with progress_bar(verbose, total, f"{stage} search", "trial") as bar:
+        bar.update(0 if worker else finished_trials(tuner))
         hypermodel.progress = bar
         tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir / stage),
                                                             write_graph=False)],
