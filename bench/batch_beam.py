@@ -9,7 +9,7 @@ core), then by vox_tf.batch_beam.run_beam_batch with DirectRunner's worker proce
 (TensorFlow on cores / workers threads each). Prints both wall clocks and their ratio; the
 Beam time includes starting the workers (a TensorFlow import each).
 
-``--smoke``: 2 models at 32^3 with the smallest budgets.
+``--smoke``: 1 model at 16^3 with the smallest budgets.
 """
 
 import argparse
@@ -30,7 +30,7 @@ from vox_tf.search_config import load_config  # noqa: E402
 from vox_tf.shapes import builtin_shape  # noqa: E402
 from vox_tf.voxelize import voxelize  # noqa: E402
 
-SMOKE = {"models": 2, "resolution": 32, "epochs": 2}
+SMOKE = {"models": 1, "resolution": 16, "epochs": 2}
 SHAPES = ("sphere", "torus", "capsule", "mug", "box", "cone", "dumbbell", "annulus")
 
 
