@@ -22,11 +22,16 @@ LOG_INTERVAL = 60.0
 """Seconds between two bar updates when stderr is not a terminal."""
 
 
+QUIET_MARKER = "VOX_TF_QUIET_TENSORFLOW"
+"""Set by a vox_tf command that quieted TensorFlow, so the processes it starts (Beam's
+workers) start TensorFlow as quietly: they inherit the environment, not the command line."""
+
+
 def is_vox_tf_command():
-    """Whether this process runs ``python -m vox_tf.<command>`` (not a library user's program)."""
+    """Whether this process runs ``python -m vox_tf.<command>`` or was started by one."""
     argv = getattr(sys, "orig_argv", [])
-    return any(flag == "-m" and module.startswith("vox_tf.")
-               for flag, module in zip(argv, argv[1:]))
+    return os.environ.get(QUIET_MARKER) == "1" or any(
+        flag == "-m" and module.startswith("vox_tf.") for flag, module in zip(argv, argv[1:]))
 
 
 @contextlib.contextmanager
@@ -53,9 +58,10 @@ def quiet_tensorflow_start():
     afterwards warnings stay filtered and errors show (level 2). A failing import is retried
     with stderr open, so its message is never lost.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get(QUIET_MARKER) != "1":
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ[QUIET_MARKER] = "1"
     try:
         with _stderr_discarded():
             import tensorflow as tf
