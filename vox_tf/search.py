@@ -91,7 +91,8 @@ def _parser():
     p.add_argument("--mirrored", action="store_true",
                    help="train each trial on all visible GPUs (tf.distribute.MirroredStrategy)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                   help="0 silent, 1 progress bars, 2 one line per epoch")
+                   help="0 the summary only; 1 a line and a progress bar per phase; 2 also "
+                        "Keras Tuner's tables and a line per epoch")
     return p
 
 

@@ -178,7 +178,8 @@ def _parser():
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--no-jit", action="store_true", help="train without XLA")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=defaults.verbose,
-                   help="0 silent, 1 progress bars, 2 one line per epoch")
+                   help="0 the summary only; 1 a line and a progress bar per stage; 2 a line "
+                        "per epoch")
     p.add_argument("--out", required=True, help="run directory")
     return p
 
