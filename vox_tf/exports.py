@@ -31,15 +31,36 @@ def write_results(path, results):
         tmp.write_text(json.dumps(clean, indent=2, sort_keys=True))
 
 
-def write_error_cloud(path, pred, voxels: VoxelGrid):
-    """Voxel centres of TP, FP and FN (vs ``voxels``) as a coloured point cloud (.ply)."""
+def error_cloud(pred, voxels: VoxelGrid, max_true_positives=None, seed=0):
+    """Voxel centres of TP, FP and FN (vs ``voxels``), in the mesh's original coordinates.
+
+    Args:
+        pred: bool [R, R, R] reconstruction; voxels: the ground truth and its normalization.
+        max_true_positives: keep at most this many true positives (a random sample), every
+            wrong voxel always; None keeps all.
+    Returns:
+        (float [N, 3] points, uint8 [N, 3] colours of ERROR_CLASSES).
+
+    Example:
+        >>> points, colors = error_cloud(voxels.dense(), voxels)   # all grey
+    """
     points, colors = [], []
+    rng = np.random.default_rng(seed)
     for (label, color), grid in zip(ERROR_CLASSES, error_grids(pred, voxels.dense()).values()):
-        centers = voxel_centers(np.argwhere(grid), voxels.resolution)
-        points.append(voxels.to_original(centers))
-        colors.append(np.tile(np.append(np.round(np.array(color) * 255), 255).astype(np.uint8),
-                              (len(centers), 1)))
-    cloud = trimesh.PointCloud(np.concatenate(points), colors=np.concatenate(colors))
+        indices = np.argwhere(grid)
+        if (label == "true positive" and max_true_positives is not None
+                and len(indices) > max_true_positives):
+            indices = indices[rng.choice(len(indices), max_true_positives, replace=False)]
+        points.append(voxels.to_original(voxel_centers(indices, voxels.resolution)))
+        colors.append(np.tile(np.round(np.array(color) * 255).astype(np.uint8), (len(indices), 1)))
+    return np.concatenate(points), np.concatenate(colors)
+
+
+def write_error_cloud(path, pred, voxels: VoxelGrid):
+    """:func:`error_cloud` as a coloured point cloud file (.ply)."""
+    points, colors = error_cloud(pred, voxels)
+    opaque = np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1)
+    cloud = trimesh.PointCloud(points, colors=opaque)
     with atomic_output(path) as tmp:
         cloud.export(tmp)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import keras
 import keras_tuner
+import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from vox_tf.metrics import parameter_count
@@ -147,8 +148,10 @@ class StageHyperModel(keras_tuner.HyperModel):
         for board in callbacks:
             # keras_tuner points its TensorBoard callback at this trial's own directory.
             if isinstance(board, keras.callbacks.TensorBoard):
-                write_reconstruction_image(Path(board.log_dir) / "train", result.prediction,
-                                           self.data.target, step=epochs - 1)
+                writer = tf.summary.create_file_writer(str(Path(board.log_dir) / "train"))
+                write_reconstruction_image(writer, result.prediction, self.data.target,
+                                           step=epochs - 1)
+                writer.close()
         self._report(scored)
         return scored
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from vox_tf.exports import ERROR_CLASSES, error_grids
-from vox_tf.grid import VoxelGrid, voxel_centers
+from vox_tf.exports import ERROR_CLASSES, error_cloud, error_grids
+from vox_tf.grid import VoxelGrid
 from vox_tf.preview import projection_panels
 
 IMAGE_TAG = "reconstruction"
@@ -49,46 +49,38 @@ def error_projections(pred, target):
     return np.round(255 * strip).astype(np.uint8)
 
 
-def write_image(logdir, image, step, tag=IMAGE_TAG, description=None):
-    """Appends one uint8 [H, W, 3] picture to the event files of ``logdir``."""
-    with tf.summary.create_file_writer(str(logdir)).as_default():
+def write_image(writer, image, step, tag=IMAGE_TAG, description=None):
+    """Appends one uint8 [H, W, 3] picture to ``writer`` (a tf.summary file writer)."""
+    with writer.as_default():
         tf.summary.image(tag, np.asarray(image, np.uint8)[None], step=step, description=description)
 
 
-def write_reconstruction_image(logdir, pred, target, step):
+def write_reconstruction_image(writer, pred, target, step):
     """:func:`error_projections` of a reconstruction as the "reconstruction" image at ``step``."""
-    write_image(logdir, error_projections(pred, target), step,
+    write_image(writer, error_projections(pred, target), step,
                 description="grey: right, red: false positive, blue: false negative; "
                             "projections along x, y, z")
 
 
-def write_png(logdir, png_path, step, tag="preview"):
+def write_png(writer, png_path, step, tag="preview"):
     """A PNG file (e.g. a run's preview.png) as an image summary."""
     image = tf.io.decode_png(tf.io.read_file(str(png_path)), channels=3)
-    write_image(logdir, image.numpy(), step, tag)
+    write_image(writer, image.numpy(), step, tag)
 
 
-def write_error_cloud(logdir, pred, voxels: VoxelGrid, step, seed=0):
-    """The reconstruction's voxels, coloured TP/FP/FN, as a point cloud for the mesh plugin.
+def write_error_cloud(writer, pred, voxels: VoxelGrid, step):
+    """vox_tf.exports.error_cloud of the reconstruction as a point cloud for the mesh plugin.
 
     Args:
         pred: bool [R, R, R] reconstruction; voxels: the ground truth (and its normalization).
     """
     from tensorboard.plugins.mesh import summary_v2 as mesh_summary
 
-    points, colors = [], []
-    rng = np.random.default_rng(seed)
-    for (label, color), grid in zip(ERROR_CLASSES, error_grids(pred, voxels.dense()).values()):
-        indices = np.argwhere(grid)
-        if label == "true positive" and len(indices) > MAX_TRUE_POSITIVE_POINTS:
-            indices = indices[rng.choice(len(indices), MAX_TRUE_POSITIVE_POINTS, replace=False)]
-        points.append(voxels.to_original(voxel_centers(indices, voxels.resolution)))
-        colors.append(np.tile(np.round(np.array(color) * 255).astype(np.uint8), (len(indices), 1)))
-    vertices = np.concatenate(points).astype(np.float32)[None]
-    with tf.summary.create_file_writer(str(logdir)).as_default():
+    points, colors = error_cloud(pred, voxels, max_true_positives=MAX_TRUE_POSITIVE_POINTS)
+    with writer.as_default():
         # Points as large as a voxel, so the cloud reads as the voxel model.
         material = {"cls": "PointsMaterial", "size": 2.0 / voxels.resolution / voxels.scale}
-        mesh_summary.mesh(MESH_TAG, vertices=vertices, colors=np.concatenate(colors)[None],
+        mesh_summary.mesh(MESH_TAG, vertices=points.astype(np.float32)[None], colors=colors[None],
                           config_dict={"material": material}, step=step,
                           description="grey: right, red: false positive, blue: false negative")
 

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from vox_tf.console import phase
 from vox_tf import tensorboard_summaries
@@ -147,10 +148,11 @@ def train_hierarchy(voxels: VoxelGrid, config: TrainConfig, out_dir, start=None)
     # The ground truth stays with the model: vox_tf.pack fine-tunes and checks against it.
     voxels.save(out_dir / VOXELS_FILE)
     write_all(out_dir, prediction, voxels, results)
-    summaries = out_dir / FINAL_SUMMARY_DIR
+    summaries = tf.summary.create_file_writer(str(out_dir / FINAL_SUMMARY_DIR))
     step = fine_summary["epochs"]
     tensorboard_summaries.write_png(summaries, out_dir / PREVIEW_FILE, step)
     tensorboard_summaries.write_error_cloud(summaries, prediction, voxels, step)
+    summaries.close()
     return results
 
 

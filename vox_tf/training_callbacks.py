@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 import numpy as np
 
 from vox_tf.files import atomic_output
@@ -95,7 +96,7 @@ class GridEvaluation(keras.callbacks.Callback):
     def __init__(self, data, every, state_dir=None, plateau=None, image_dir=None):
         super().__init__()
         self.data, self.every, self.plateau = data, every, plateau
-        self.image_dir = image_dir
+        self.image_dir, self._images = image_dir, None
         self.state_dir = Path(state_dir) if state_dir else None
         self.best_metrics, self.best_epoch, self.best_weights = None, None, None
         self.best_prediction = None
@@ -136,13 +137,21 @@ class GridEvaluation(keras.callbacks.Callback):
         self.last_metrics, self.last_epoch = metrics, epoch + 1
         logs.update({key: metrics[key] for key in LOGGED_METRICS})
         if self.image_dir is not None:
-            write_reconstruction_image(self.image_dir, prediction, self.data.target, epoch)
+            # One writer for the whole stage: a writer per picture is an event file each.
+            if self._images is None:
+                self._images = tf.summary.create_file_writer(str(self.image_dir))
+            write_reconstruction_image(self._images, prediction, self.data.target, epoch)
         if self.best_metrics is None or metrics["wrong_voxels"] < self.best_metrics["wrong_voxels"]:
             self.keep(self.model, prediction, metrics, epoch + 1)
             self._save_best()
         if metrics["wrong_voxels"] == 0:
             self.model.stop_training = True
         self._save_state()
+
+    def on_train_end(self, logs=None):
+        if self._images is not None:
+            self._images.close()
+            self._images = None
 
     def keep(self, model, prediction, metrics, epoch):
         """Holds ``model``'s current weights (``prediction``, judged ``metrics``) as the best."""
