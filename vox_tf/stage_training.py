@@ -55,14 +55,14 @@ class StageData:
         """bool [R, R, R] the model's reconstruction under this stage's mask rule."""
         return occupancy_grid(model, self.resolution, mask=self.mask)
 
-    def judge(self, model):
+    def judge(self, model, with_chamfer=True):
         """(bool [R, R, R] reconstruction, its vox_tf.metrics.grid_metrics against the target)."""
         prediction = self.reconstruct(model)
-        return prediction, grid_metrics(prediction, self.target)
+        return prediction, grid_metrics(prediction, self.target, with_chamfer=with_chamfer)
 
     def evaluate(self, model, with_chamfer=True):
         """vox_tf.metrics.grid_metrics of the reconstruction against the target."""
-        return grid_metrics(self.reconstruct(model), self.target, with_chamfer=with_chamfer)
+        return self.judge(model, with_chamfer)[1]
 
 
 def coarse_stage_data(voxels: VoxelGrid, config: TrainConfig):
@@ -89,7 +89,6 @@ def compile_for_training(model, config: TrainConfig):
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, weight_decay=config.weight_decay),
                   loss=keras.losses.BinaryCrossentropy(), jit_compile=config.jit_compile)
     return model
-
 
 
 @dataclass
