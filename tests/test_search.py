@@ -75,7 +75,11 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     assert at_256.resolution == 256 and at_256.fine.max_layers == 6
     assert at_256.fine.widths_at(256) == [16, 32, 48, 64, 128]
     assert at_512.fine.widths_at(512) == [32, 48, 64, 96, 128]
-    assert at_256.coarse == at_128.coarse and at_256.training == at_128.training
+    assert at_256.coarse == at_128.coarse
+    # ... and the measured 256^3 training changes: higher positional level, focused epochs.
+    assert (at_128.encoding.positional_levels, at_128.training.focus) == (6, 0.0)
+    assert (at_256.encoding.positional_levels, at_256.training.focus) == (9, 0.5)
+    assert at_256.training.learning_rate == at_128.training.learning_rate
     # A user's config without by_resolution is used as written, whatever the grid.
     mine = write_config(tmp_path / "mine.yaml", {"fine": {"max_layers": 2}})
     assert load_config(mine).for_resolution(256).fine.max_layers == 2
@@ -92,6 +96,7 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     ({"training": {"learning_rate": "fast"}}, "training.learning_rate: expected float"),
     ({"fine": {"objective": {"kind": "loss"}}}, "fine.objective.kind: must be one of"),
     ({"resolution": 16, "coarse_resolution": 32}, "coarse_resolution: must not exceed"),
+    ({"training": {"focus": 1.0}}, "training.focus: must be in"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, data, message):

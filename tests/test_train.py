@@ -205,7 +205,9 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, voxels, capsys):
     common = ["--epochs-coarse", "1", "--epochs-fine", "1", "--out", str(out)]
     cases = [(["--voxel", str(good), "--coarse-arch", "40:tanh", "--fine-arch", ARCH], "activation"),
              (["--voxel", str(good), "--coarse-arch", ARCH, "--fine-arch", "40"], "units:activation"),
-             (["--voxel", str(garbage), "--coarse-arch", ARCH, "--fine-arch", ARCH], "garbage.npz")]
+             (["--voxel", str(garbage), "--coarse-arch", ARCH, "--fine-arch", ARCH], "garbage.npz"),
+             (["--voxel", str(good), "--coarse-arch", ARCH, "--fine-arch", ARCH, "--focus", "1"],
+              "focus must be in [0, 1)")]
     for argv, reason in cases:
         assert train.main(argv + common) == 2
         err = capsys.readouterr().err
@@ -224,13 +226,16 @@ def test_command_line_schedule_and_coarse_encoding_options(tmp_path, voxels):
     assert train.main(["--voxel", str(source), "--coarse-arch", ARCH, "--fine-arch", ARCH,
                        "--epochs-coarse", "2", "--epochs-fine", "2", "--batch-size", "2048",
                        "--lr-schedule", "cosine", "--learning-rate", "0.01",
-                       "--no-coarse-triplane", "--no-jit", "--verbose", "0",
+                       "--no-coarse-triplane", "--focus", "0.5", "--positional-levels", "8",
+                       "--eval-every", "1", "--no-jit", "--verbose", "0",
                        "--out", str(out)]) == 0
     recorded = json.loads((out / run_layout.CONFIG_FILE).read_text())["config"]
     assert recorded["lr_schedule"] == "cosine" and recorded["learning_rate"] == 0.01
     assert recorded["coarse_triplane"] is False
+    assert recorded["focus"] == 0.5 and recorded["positional_levels"] == 8
     coarse = keras.saving.load_model(out / "coarse.keras", compile=False)
     assert not any(isinstance(layer, TriPlaneEncoding) for layer in coarse.layers)
+    assert coarse.get_layer("positional").output.shape[-1] == 3 + 2 * 3 * 8
 
 
 def test_command_line_exit_status(tmp_path):

@@ -15,6 +15,9 @@ METHOD.md, two-stage reconstruction:
   the mask's edge have boundary neighbours just outside it, and those are trained too
   (with their true label), so the network is sharp right up to the mask's edge.
 
+Optionally (vox_tf.error_focus, the fine stage's ``focus`` setting) part of each epoch is drawn
+from the voxels the network currently gets wrong and their neighbours instead.
+
 Samples are kept as flat voxel numbers (i * R^2 + j * R + k, int32) and become float32 centres
 only batch by batch inside tf.data, so no R^3 x 3 float tensor ever exists; dense bool/int8
 R^3 grids are used while the sets are built.
@@ -163,12 +166,13 @@ class SampleSet:
         return {"repeated": len(self.repeated), "once": len(self.once),
                 "repeats": self.repeats, "samples": len(self)}
 
-    def dataset(self, batch_size=TRAIN_BATCH_SIZE, seed=None):
+    def dataset(self, batch_size=TRAIN_BATCH_SIZE, seed=None, focus=None):
         """Batches of (points float32 [B, 3] voxel centres, labels float32 [B, 1]).
 
         One pass is one epoch (every sample once, in a new random order each time the
         dataset is iterated); the last batch may be smaller. ``seed`` makes the sequence of
-        epoch orders reproducible.
+        epoch orders reproducible. With ``focus`` (vox_tf.error_focus.ErrorFocus) an epoch keeps its
+        length but draws part of it from the focus set.
         """
         voxels = tf.constant(np.concatenate([self.repeated, self.once]))
         labels = tf.constant(np.concatenate([self.repeated_labels, self.once_labels]))
@@ -178,15 +182,21 @@ class SampleSet:
         id_dtype = tf.int32 if total < 2**31 else tf.int64
 
         def samples_to_batch(ids):
-            # Sample ids [0, r*S) cycle over the repeated voxels; the rest map onto `once`.
-            ids = tf.where(ids < shown_repeated, tf.math.floormod(ids, max(distinct, 1)),
-                           ids - shown_repeated + distinct)
-            points = _centers_from_flat(tf.gather(voxels, ids), resolution)
-            return points, tf.cast(tf.gather(labels, ids), tf.float32)[:, None]
+            # Sample ids [0, r*S) cycle over the repeated voxels; the rest map onto `once`;
+            # negative ids are ErrorFocus draws.
+            regular = tf.maximum(ids, 0)
+            regular = tf.where(regular < shown_repeated, tf.math.floormod(regular, max(distinct, 1)),
+                               regular - shown_repeated + distinct)
+            flat, label = tf.gather(voxels, regular), tf.gather(labels, regular)
+            if focus is not None:
+                flat, label = focus.substitute(ids, flat, label)
+            return _centers_from_flat(flat, resolution), tf.cast(label, tf.float32)[:, None]
 
         def epoch(epoch_seed):
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(total, dtype=id_dtype), seed=tf.stack([epoch_seed, 0]))
+            if focus is not None:
+                order = focus.draw(order, epoch_seed)
             return _batches(order, total, batch_size)
 
         # A fresh epoch seed on every iteration, so each epoch is shuffled anew.
@@ -251,15 +261,16 @@ def coarse_dataset(voxels, batch_size=TRAIN_BATCH_SIZE, coarse_resolution=COARSE
     return coarse_samples(voxels, coarse_resolution).dataset(batch_size, seed)
 
 
-def fine_dataset(voxels, mask, batch_size=TRAIN_BATCH_SIZE, seed=None):
-    """Fine-stage training batches (points float32 [B, 3], labels float32 [B, 1]) inside ``mask``.
+def fine_dataset(voxels, mask, batch_size=TRAIN_BATCH_SIZE, seed=None, focus=None):
+    """Fine-stage training batches (points float32 [B, 3], labels float32 [B, 1]) inside ``mask``;
+    ``focus``: an optional vox_tf.error_focus.ErrorFocus.
 
     Example:
         >>> voxels = VoxelGrid.load("bunny_256.npz")
         >>> mask = upsample_mask(coarse_grid(voxels), 256)
         >>> points, labels = next(iter(fine_dataset(voxels, mask)))
     """
-    return fine_samples(voxels, mask).dataset(batch_size, seed)
+    return fine_samples(voxels, mask).dataset(batch_size, seed, focus)
 
 
 def grid_points(resolution, mask=None, batch_size=EVAL_BATCH_SIZE):

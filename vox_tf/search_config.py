@@ -206,6 +206,7 @@ class TrainingConfig:
     lr_factor: float = _TRAIN["lr_factor"]
     lr_patience: int = _TRAIN["lr_patience"]
     min_lr: float = _TRAIN["min_lr"]
+    focus: float = _TRAIN["focus"]
     eval_every: int = _TRAIN["eval_every"]
     jit_compile: bool = _TRAIN["jit_compile"]
     jit_compile_trials: bool = False
@@ -220,6 +221,7 @@ class TrainingConfig:
         _require(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
         _require(0 <= self.min_lr <= self.learning_rate, "min_lr",
                  f"must be in [0, learning_rate], got {self.min_lr!r}")
+        _require(0 <= self.focus < 1, "focus", f"must be in [0, 1), got {self.focus!r}")
 
     def train_settings(self):
         """The TrainConfig fields these settings give (every key but jit_compile_trials)."""

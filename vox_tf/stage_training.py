@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from vox_tf.console import keras_verbosity, progress_bar
+from vox_tf.error_focus import ErrorFocus
 from vox_tf.errors import MeshError
 from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import occupancy_grid
@@ -43,6 +44,8 @@ class StageData:
         dataset: tf.data.Dataset of (points float32 [B, 3], labels float32 [B, 1]), one epoch.
         target: bool [R, R, R] ground truth.
         mask: bool [R, R, R] where the network is evaluated (None: everywhere); empty outside.
+        focus: the vox_tf.error_focus.ErrorFocus that ``dataset`` draws from, if any; each
+            grid evaluation of train_stage updates it.
     """
 
     name: str
@@ -50,6 +53,7 @@ class StageData:
     dataset: tf.data.Dataset
     target: np.ndarray
     mask: np.ndarray | None = None
+    focus: ErrorFocus | None = None
 
     def reconstruct(self, model):
         """bool [R, R, R] the model's reconstruction under this stage's mask rule."""
@@ -79,9 +83,12 @@ def fine_stage_data(voxels: VoxelGrid, coarse_model, config: TrainConfig):
     if not mask.any():
         raise ValueError("the coarse stage predicts no occupied voxel, so the fine stage has "
                          "nothing to learn: train the coarse stage longer or wider")
+    target = voxels.dense()
+    focus = ErrorFocus(config.focus, target, mask) if config.focus else None
     return StageData("fine", voxels.resolution,
-                     fine_dataset(voxels, mask, batch_size=config.batch_size, seed=config.seed),
-                     voxels.dense(), mask)
+                     fine_dataset(voxels, mask, batch_size=config.batch_size, seed=config.seed,
+                                  focus=focus),
+                     target, mask, focus)
 
 
 def compile_for_training(model, config: TrainConfig):

@@ -174,6 +174,12 @@ def _parser():
                         "budget, fewer epochs to a clean reconstruction")
     p.add_argument("--eval-every", type=int, default=defaults.eval_every,
                    help="epochs between grid reconstructions (metrics, early stop)")
+    p.add_argument("--focus", type=float, default=defaults.focus,
+                   help="share of each fine epoch drawn from the voxels the last evaluation got "
+                        "wrong and their neighbours (0: METHOD.md's fixed sampling; the 256^3 "
+                        "search default is 0.5)")
+    p.add_argument("--positional-levels", type=int, default=defaults.positional_levels,
+                   help="L of the positional encoding (METHOD.md: 6; the 256^3 search default is 9)")
     p.add_argument("--coarse-triplane", action=argparse.BooleanOptionalAction,
                    default=defaults.coarse_triplane,
                    help="tri-plane features for the coarse network too (the reference's default)")
@@ -193,7 +199,8 @@ def main(argv=None) -> int:
         config = TrainConfig(args.coarse_arch, args.fine_arch, epochs_coarse=args.epochs_coarse,
                              epochs_fine=args.epochs_fine, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
-                             coarse_triplane=args.coarse_triplane,
+                             coarse_triplane=args.coarse_triplane, focus=args.focus,
+                             positional_levels=args.positional_levels,
                              eval_every=args.eval_every, seed=args.seed,
                              jit_compile=not args.no_jit, verbose=args.verbose)
         voxels = VoxelGrid.load(args.voxel)

@@ -28,6 +28,9 @@ class TrainConfig:
             which reaches zero wrong voxels in fewer epochs when the budget is short.
         lr_factor, lr_patience: the plateau schedule's; unused by "cosine".
         min_lr: the lowest learning rate of either schedule.
+        focus: share of each fine-stage epoch drawn from the voxels the last grid evaluation
+            got wrong and their 26-neighbours (vox_tf.error_focus); 0 for METHOD.md's fixed
+            sampling. The coarse stage always samples the fixed way.
         positional_levels: PE level L (input included), None for no positional encoding.
         triplane_resolution, triplane_channels: tri-plane lattice; resolution None for none.
         coarse_triplane: whether the coarse network gets the tri-plane features too (the
@@ -52,6 +55,7 @@ class TrainConfig:
     lr_factor: float = 0.7
     lr_patience: int = 10
     min_lr: float = 1e-7
+    focus: float = 0.0
     positional_levels: int | None = 6
     triplane_resolution: int | None = 32
     triplane_channels: int = 2
@@ -72,6 +76,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+        if not 0 <= self.focus < 1:
+            raise ValueError(f"focus must be in [0, 1), got {self.focus}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_schedule!r}")

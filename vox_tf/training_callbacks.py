@@ -87,7 +87,8 @@ class GridEvaluation(keras.callbacks.Callback):
 
     Adds iou, chamfer_l2, accuracy, precision, recall and wrong_voxels to the epoch logs (so
     the progress bar and TensorBoard show them), keeps the weights with the fewest wrong
-    voxels, and stops training once no voxel is wrong. With ``image_dir`` each evaluation
+    voxels, stops training once no voxel is wrong, and points the data's ErrorFocus (if any)
+    at the voxels still wrong. With ``image_dir`` each evaluation
     is also a picture in TensorBoard (vox_tf.tensorboard_summaries). With ``state_dir`` it persists its
     state (best weights, elapsed seconds, the plateau callback's counters) on those epochs,
     when :class:`PeriodicBackup` checkpoints the model, and restores it when training resumes.
@@ -106,6 +107,9 @@ class GridEvaluation(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
+        if self.data.focus is not None:
+            # Search trials share one dataset: a new network starts from plain epochs.
+            self.data.focus.reset()
         state_path = self.state_dir / STATE_FILE if self.state_dir else None
         if state_path and state_path.exists():
             state = json.loads(state_path.read_text())
@@ -136,6 +140,8 @@ class GridEvaluation(keras.callbacks.Callback):
         prediction, metrics = self.data.judge(self.model)
         self.last_metrics, self.last_epoch = metrics, epoch + 1
         logs.update({key: metrics[key] for key in LOGGED_METRICS})
+        if self.data.focus is not None:
+            self.data.focus.update(prediction)
         if self.image_dir is not None:
             # One writer for the whole stage: a writer per picture is an event file each.
             if self._images is None:
