@@ -77,3 +77,10 @@ def test_batch_beam_bench_prints_loop_and_beam_times_and_their_ratio():
     assert re.search(rf"^in-process loop:\s+{NUMBER} s$", out, re.M), out
     assert re.search(rf"^Beam, 2 workers x \d+ TF threads:\s+{NUMBER} s$", out, re.M), out
     assert re.search(rf"^speed-up loop / Beam:\s+{NUMBER}x$", out, re.M), out
+
+
+def test_fine_convergence_bench_prints_wrong_voxels_per_variant():
+    out = run_smoke("fine_convergence.py")
+    assert "torus: 32^3" in out
+    rows = re.findall(rf"^(L6(?:\+focus0\.5)?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M)
+    assert rows == ["L6", "L6+focus0.5"], out

@@ -14,7 +14,8 @@ class ErrorFocus:
     uniformly from that set, in place of as many of its regular samples picked at random, so an
     epoch keeps its length and cost. Before the first update, and while nothing is wrong, the
     epochs are the plain ones. The set lives in tf.Variables, so the running input pipeline
-    sees each update without being rebuilt.
+    sees each update without being rebuilt. It is not part of the resume checkpoint: a resumed
+    stage samples plainly until its next evaluation.
 
     Why: at 256^3 most of an epoch is voxels the network already classifies right. Measured on
     thingi32_64444 (fine net 64:relu x3, PE L=9, 30 epochs, cosine 1e-2, evaluation every 10):
