@@ -83,6 +83,7 @@ class ErrorFocus:
     def substitute(self, ids, flat, labels):
         """(flat voxel numbers, labels) with the focus draws among ``ids`` looked up."""
         drawn = ids < 0
-        picks = tf.cast(tf.maximum(-1 - ids, 0), tf.int32)
+        # Clamped: a draw made just before an update may point past a smaller new set.
+        picks = tf.minimum(tf.cast(tf.maximum(-1 - ids, 0), tf.int32), tf.size(self.voxels) - 1)
         return (tf.where(drawn, tf.gather(self.voxels, picks), flat),
                 tf.where(drawn, tf.gather(self.labels, picks), labels))
