@@ -19,6 +19,8 @@ CONFIG = {
                "filter": {"top": 1, "epochs": 10}, "final_epochs": 10}
        for stage in ("coarse", "fine")},
 }
+# Enough coarse filter epochs that the coarse net never ends predicting nothing (test_search.TINY).
+CONFIG["coarse"]["filter"]["epochs"] = 40
 SPHERE = "import trimesh; trimesh.creation.icosphere(subdivisions=2).export('{path}')"
 
 
