@@ -68,15 +68,14 @@ def main(argv=None):
                   coarse_triplane=False, eval_every=args.eval_every, verbose=0)
     print(f"{voxels.source or args.grid}: {voxels.resolution}^3, {len(voxels.indices):,} occupied voxels; "
           f"fine net {args.arch}, {args.epochs} epochs per variant")
+    # One coarse stage (positional level 6) for every variant, so they share one mask.
+    keras.utils.set_random_seed(0)
+    coarse_config = TrainConfig(COARSE_ARCH, args.arch, **common)
+    coarse = coarse_config.build(COARSE_ARCH, "coarse")
+    train_stage(coarse, coarse_stage_data(voxels, coarse_config), args.coarse_epochs, coarse_config)
     rows = []
-    coarse = None
     for name, settings in variants.items():
         config = TrainConfig(COARSE_ARCH, args.arch, **common, **settings)
-        if coarse is None:  # one coarse stage (positional level 6) for every variant
-            keras.utils.set_random_seed(0)
-            coarse_config = TrainConfig(COARSE_ARCH, args.arch, **common)
-            coarse = coarse_config.build(COARSE_ARCH, "coarse")
-            train_stage(coarse, coarse_stage_data(voxels, coarse_config), args.coarse_epochs, coarse_config)
         data = fine_stage_data(voxels, coarse, config)
         keras.utils.set_random_seed(0)
         fine = config.build(args.arch)
