@@ -74,6 +74,7 @@ def test_quantization_is_per_output_channel_and_idempotent():
         q = quantization.quantize(weights, bits)
         top = quantization.max_level(bits)
         assert q.levels.min() >= -top and q.levels.max() <= top and q.scales.shape == (8,)
+        assert quantization.tensor_max_level(weights.shape, bits) == top
         scales = q.scales.astype(np.float32)
         inside = np.abs(weights) <= top * scales  # not clipped
         assert np.all(np.abs(q.dequantize() - weights)[inside] <= 0.5001 * np.broadcast_to(scales, weights.shape)[inside])
@@ -85,10 +86,34 @@ def test_quantization_is_per_output_channel_and_idempotent():
             again = quantization.quantize(q.dequantize(), bits)
             assert np.array_equal(again.levels, q.levels)
             # the training step's quantizer gives the packer's values
-            fake = quantization.fake_quantize(tf.constant(tensor), tf.constant(q.scales.astype(np.float32)), top)
+            fake = quantization.fake_quantize(tf.constant(tensor), tf.constant(q.scales.astype(np.float32)),
+                                              quantization.tensor_max_level(tensor.shape, bits))
             assert np.allclose(fake.numpy(), q.dequantize(), rtol=0, atol=1e-6)
     bias = quantization.quantize(np.array([0.5, -0.25, 0.0]), 4)
     assert bias.scales.shape == (1,) and bias.levels.tolist() == [7, -4, 0]
+
+
+def test_tri_planes_get_more_bits_than_the_file():
+    planes = np.random.default_rng(2).laplace(0, 0.5, (3, 9, 9, 2)).astype(np.float32)
+    for bits in quantization.BITS:
+        q = quantization.quantize(planes, bits)
+        top = quantization.max_level(bits + quantization.PLANE_EXTRA_BITS)
+        assert quantization.max_level(bits) < np.abs(q.levels).max() <= top
+        # uniform steps of the finer grid: every unclipped value within half a step
+        scales = np.broadcast_to(q.scales.astype(np.float32), planes.shape)
+        inside = np.abs(planes) <= top * scales
+        assert np.all(np.abs(q.dequantize() - planes)[inside] <= 0.5001 * scales[inside])
+
+
+def test_format_version_1_files_still_decode():
+    """tests/data/format_v1.vxz was written by vox_tf's format version 1 (square-law tri-planes
+    at the file's bits); beside it, the weights and grid that version's decoder rebuilt."""
+    data = ROOT / "tests" / "data"
+    model = vox_tf.load(data / "format_v1.vxz")
+    with np.load(data / "format_v1_weights.npz") as then:
+        weights = [np.asarray(w) for w in model.coarse.weights + model.fine.weights]
+        assert all(np.array_equal(w, then[f"w{i}"]) for i, w in enumerate(weights))
+        assert np.array_equal(np.argwhere(model.predict_grid()), then["grid"])
 
 
 def test_packed_file_loads_with_the_reconstructor_api_and_8_bits_keep_the_iou(run, packed):
@@ -106,7 +131,7 @@ def test_packed_file_loads_with_the_reconstructor_api_and_8_bits_keep_the_iou(ru
     assert f"{size:,} bytes" in packed["8 stdout"] and "IoU" in packed["8 stdout"]
     # results.json's size is the 8-bit file's, without fine-tuning
     assert results["bytes_packed"] == len(pack.pack_run(run_dir, 8, finetune_epochs=0)[0])
-    assert results["bpov"] == pytest.approx(8 * size / len(voxels.indices))
+    assert results["bpov"] == pytest.approx(8 * results["bytes_packed"] / len(voxels.indices))
     assert results["lzma_bytes"] == packed_model.lzma_bytes(voxels.dense())
 
 
@@ -134,7 +159,8 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     # the lossless pack at the same settings reused the fine-tuned weights
     assert "fine-tuning" not in packed["4-lossless stderr"]
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == [
-        "4bit_4ep_coarse.npz", "4bit_4ep_fine.npz", "8bit_2ep_coarse.npz", "8bit_2ep_fine.npz"]
+        f"{name}_v{packed_model.VERSION}.npz"
+        for name in ("4bit_4ep_coarse", "4bit_4ep_fine", "8bit_2ep_coarse", "8bit_2ep_fine")]
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):

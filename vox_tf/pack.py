@@ -11,10 +11,11 @@ The ground truth is the run's voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory, one file per stage once it finishes::
 
-    quantized/<bits>bit_<epochs>ep_coarse.npz, ..._fine.npz
+    quantized/<bits>bit_<epochs>ep_coarse_v<format>.npz, ..._fine_v<format>.npz
 
 so packing again (say with --lossless) reuses it, and an interrupted pack resumes at the
-stage it was in. Every figure printed is measured on the file as written, decoded back.
+stage it was in. The file format's version is in the name because the quantizer is part
+of it: weights fine-tuned for another version's quantizer are not reused. Every figure printed is measured on the file as written, decoded back.
 """
 
 import argparse
@@ -93,7 +94,8 @@ def finetuned(directory, bits, epochs, voxels, learning_rate=FINETUNE_LR):
               ("fine", lambda: fine_stage_data(voxels, reconstructor.coarse, config)))
     for stage, data in stages:
         model = getattr(reconstructor, stage)
-        cache = directory / QUANTIZED_DIR / f"{bits}bit_{epochs}ep_{stage}.npz"
+        cache = (directory / QUANTIZED_DIR
+                 / f"{bits}bit_{epochs}ep_{stage}_v{packed_model.VERSION}.npz")
         if cache.exists():
             with np.load(cache) as saved:
                 model.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])

@@ -10,9 +10,13 @@ Layout (little-endian)::
                  (0: none), tri-plane channels u8, layers u8, then per layer units u16 and
                  activation u8 (index in vox_tf.models.ACTIVATIONS)
         weights  length u32, then the per-channel float16 scales of every tensor (both
-                 nets, model.weights order) and the coded levels (:func:`encode_levels`)
+                 nets, model.weights order) and the coded levels (:func:`encode_levels`);
+                 tri-plane lattices are held at PLANE_EXTRA_BITS more than ``bits``
+                 (vox_tf.quantization.tensor_bits)
         residual (lossless only) coding u8, grid digest 8 bytes, length u32, bytes
                  (vox_tf.lossless)
+
+Version 1 (still read) held the tri-planes at ``bits`` with square-law levels.
 
 The architecture is those few bytes: the decoder rebuilds each network with
 vox_tf.models.build_occupancy_model, which fixes every tensor's shape, and sets the
@@ -37,10 +41,11 @@ from vox_tf.grid import voxel_centers
 from vox_tf.hierarchy import HierarchicalReconstructor
 from vox_tf.layers import PLANE_AXES
 from vox_tf.models import ACTIVATIONS, TriPlaneConfig, arch_of, build_occupancy_model
-from vox_tf.quantization import QuantizedTensor, max_level, quantize, quantize_model
+from vox_tf.quantization import (QuantizedTensor, max_level, quantize, quantize_model,
+                                 tensor_max_level)
 
 MAGIC = b"VXZ\0"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".vxz"
 _PREAMBLE = struct.Struct("<4sBII")
 _GRID = struct.Struct("<HHBB3dd")
@@ -105,20 +110,36 @@ def _ans_encode(levels, scales, top):
     return coder.get_compressed().tobytes()
 
 
+def _level_ranges(shapes, coders, bits, version=VERSION):
+    """(Q of the ANS stream, NumPy dtype of the LZMA stream) for tensors of these shapes.
+
+    Each stream spans the largest |level| of the tensors it holds, which follows from the
+    shapes and the file's bits (version 1: ``bits`` for every tensor).
+    """
+    def top(shape):
+        return max_level(bits) if version == 1 else tensor_max_level(shape, bits)
+
+    ans_top = max([top(s) for s, c in zip(shapes, coders) if c == ANS], default=max_level(bits))
+    lzma_top = max([top(s) for s, c in zip(shapes, coders) if c == LZMA], default=0)
+    return ans_top, np.int8 if lzma_top <= np.iinfo(np.int8).max else np.int16
+
+
 def encode_levels(tensors, bits, coders):
     """The levels of ``tensors`` coded tensor by tensor with ``coders`` (ANS or LZMA each).
 
     Bytes: one coder byte per tensor, the float16 Laplace scale of each ANS tensor, the
     length (u32) of the ANS stream, the ANS stream of those tensors, then one LZMA2 stream of
-    the others (int8 levels).
+    the others (int8 levels, int16 when one of them has more than 8 bits).
     """
+    ans_top, lzma_dtype = _level_ranges([t.levels.shape for t in tensors], coders, bits)
     by_ans = [t for t, c in zip(tensors, coders) if c == ANS]
     laplace = np.array([_laplace_scale(t) for t in by_ans], np.float16)
     ans = _ans_encode(_flat_levels(by_ans),
                       np.repeat(laplace.astype(np.float64), [t.levels.size for t in by_ans]),
-                      max_level(bits))
+                      ans_top)
     by_lzma = [t for t, c in zip(tensors, coders) if c == LZMA]
-    rest = lossless.compress(_flat_levels(by_lzma).astype(np.int8).tobytes()) if by_lzma else b""
+    rest = (lossless.compress(_flat_levels(by_lzma).astype(lzma_dtype).tobytes())
+            if by_lzma else b"")
     return bytes(coders) + laplace.tobytes() + struct.pack("<I", len(ans)) + ans + rest
 
 
@@ -140,11 +161,12 @@ def weight_codings(tensors, bits):
             (("ans", [ANS] * len(tensors)), ("lzma", [LZMA] * len(tensors)), ("mixed", mixed))}
 
 
-def _decode_levels(data, shapes, bits):
+def _decode_levels(data, shapes, bits, version=VERSION):
     sizes = [int(np.prod(s)) for s in shapes]
     coders = list(data[:len(shapes)])
     if any(c not in CODER_NAMES for c in coders):
         raise ValueError("unknown weight coder")
+    top, lzma_dtype = _level_ranges(shapes, coders, bits, version)
     n_ans = coders.count(ANS)
     at = len(shapes)
     laplace = np.frombuffer(data[at:at + 2 * n_ans], np.float16)
@@ -155,12 +177,11 @@ def _decode_levels(data, shapes, bits):
     ans_levels = np.zeros(0, np.int32)
     if n_ans:
         words = np.frombuffer(data[at:at + ans_length], np.uint32).copy()
-        top = max_level(bits)
         ans_levels = constriction.stream.stack.AnsCoder(words).decode(
             constriction.stream.model.QuantizedLaplace(-top, top), np.zeros(sum(ans_sizes)),
             np.repeat(laplace.astype(np.float64), ans_sizes))
     rest = data[at + ans_length:]
-    lzma_levels = (np.frombuffer(lossless.decompress(rest), np.int8).astype(np.int32)
+    lzma_levels = (np.frombuffer(lossless.decompress(rest), lzma_dtype).astype(np.int32)
                    if rest else np.zeros(0, np.int32))
     if len(lzma_levels) != sum(sizes) - sum(ans_sizes):
         raise ValueError(f"{len(lzma_levels)} LZMA-coded weight levels for "
@@ -298,12 +319,12 @@ def read(path):
     if len(payload) > length or zlib.crc32(payload) != checksum:
         raise MeshError(path, "corrupted (checksum mismatch)")
     try:
-        return _decode(_Reader(payload))
+        return _decode(_Reader(payload), version)
     except (ValueError, struct.error, lzma.LZMAError) as err:
         raise MeshError(path, f"corrupted ({err})") from None
 
 
-def _decode(reader):
+def _decode(reader, version):
     resolution, coarse_resolution, bits, is_lossless, *rest = reader.unpack(_GRID)
     center, scale = rest[:3], rest[3]
     nets = [_read_net(reader, name) for name in ("coarse", "fine")]
@@ -314,9 +335,10 @@ def _decode(reader):
     channels = [s[-1] if len(s) > 1 else 1 for s in shapes]
     scale_bytes = 2 * sum(channels)
     scales = np.split(np.frombuffer(weights[:scale_bytes], np.float16), np.cumsum(channels)[:-1])
-    levels = _decode_levels(weights[scale_bytes:], shapes, bits)
+    levels = _decode_levels(weights[scale_bytes:], shapes, bits, version)
     for variable, level, channel_scales in zip(variables, levels, scales):
-        variable.assign(QuantizedTensor(level, channel_scales).dequantize())
+        power = 2 if version == 1 and level.ndim == 4 else 1  # version 1's square-law planes
+        variable.assign(QuantizedTensor(level, channel_scales, power).dequantize())
     metrics = {"bits": bits}
     reconstructor = HierarchicalReconstructor(nets[0], nets[1], resolution, center, scale,
                                               coarse_resolution, "packed", metrics)

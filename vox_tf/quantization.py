@@ -1,15 +1,22 @@
 """k-bit weights for a packed model: per-output-channel quantization and the fine-tuning that
 keeps a quantized model's IoU.
 
-Quantization is symmetric, one scale per output channel (the last axis: a Dense kernel's
-units, a tri-plane's feature channel); a 1-D tensor (a bias) has one scale for all of it::
+Quantization is symmetric and uniform, one scale per output channel (the last axis: a Dense
+kernel's units, a tri-plane's feature channel); a 1-D tensor (a bias) has one scale for all
+of it::
 
-    w ~ s sign(q) |q|^p,  |q| <= Q = 2^(bits-1) - 1,  s = max|w| / Q^p (stored as float16)
+    w ~ s q,  |q| <= Q = 2^(b-1) - 1,  s ~ max|w| / Q (stored as float16)
 
-p = 1 (uniform levels) for Dense weights. Tri-plane lattices (rank 4) use p = 2, levels
-uniform in sqrt|w|: their features are heavy-tailed (bunny 128^3: largest 11.7, median
-0.013), so uniform 8-bit levels round most of them to 0 (297 wrong voxels instead of 11,
-measured with only the planes quantized) where square-law levels keep them (32).
+with b the file's ``bits`` for Dense weights and PLANE_EXTRA_BITS more for tri-plane
+lattices (:func:`tensor_bits`): every fine-stage feature passes through the planes, and at
+256^3 a file's 8 bits are far too few for them alone, while they are a small share of its
+bytes (most of their nodes are never read and are coded as zeros).
+
+Files of format version 1 held the planes at the file's bits with square-law levels,
+w ~ s sign(q) q^2 (``QuantizedTensor.power`` 2), to keep their heavy-tailed small values
+(bunny 128^3: largest 11.7, median 0.013); the decoder still reads them. At 12 bits uniform
+levels do better than square-law ones at 8 (mgn10_125611510010088_ShirtNoCoat 256^3, planes
+alone quantized: 186 wrong voxels against 725; float32: 166).
 
 The packer, the decoder and the fine-tuning all go through :func:`quantize`, so the weights a
 fine-tuned model was judged with are bit for bit the weights the decoder rebuilds.
@@ -28,6 +35,24 @@ import numpy as np
 import tensorflow as tf
 
 BITS = (8, 6, 4)
+"""The bits per weight a packed file can be written with (``vox_tf.pack --bits``)."""
+PLANE_EXTRA_BITS = 4
+"""Bits that tri-plane lattices get beyond the file's. Measured on
+mgn10_125611510010088_ShirtNoCoat at 256^3 (a searched model, 166 wrong voxels in float32),
+quantizing the planes alone, uniform levels: 11 bits 237 wrong voxels, 12 bits 186, 13 bits
+164 (version 1's 8-bit square-law levels: 725); bunny 128^3 (11 in float32): 12 bits 10. In
+that 8-bit file they take ~2,000 bytes instead of 1,148 (1,050 of their nodes are read)."""
+
+
+def tensor_bits(shape, bits):
+    """The bits of a tensor of this shape in a file of ``bits``: PLANE_EXTRA_BITS more for
+    tri-plane lattices (rank 4), ``bits`` for every other weight.
+
+    Example:
+        >>> tensor_bits((3, 33, 33, 2), 8), tensor_bits((45, 64), 8)
+        (12, 8)
+    """
+    return bits + PLANE_EXTRA_BITS if len(shape) == 4 else bits
 
 
 def max_level(bits):
@@ -37,14 +62,14 @@ def max_level(bits):
         >>> max_level(4)
         7
     """
-    if bits not in BITS:
-        raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits}")
+    if int(bits) != bits or not 2 <= bits <= 16:
+        raise ValueError(f"bits must be an integer from 2 to 16, got {bits}")
     return 2 ** (bits - 1) - 1
 
 
-def level_power(shape):
-    """p of the quantizer for a tensor of this shape: 2 for tri-plane lattices, else 1."""
-    return 2 if len(shape) == 4 else 1
+def tensor_max_level(shape, bits):
+    """Q of a tensor of this shape in a file of ``bits`` (:func:`tensor_bits`)."""
+    return max_level(tensor_bits(shape, bits))
 
 
 @dataclass
@@ -58,11 +83,13 @@ class QuantizedTensor:
 
     levels: np.ndarray
     scales: np.ndarray
+    power: int = 1
 
     def dequantize(self):
-        """float32, the tensor's shape: s sign(q) |q|^p with s the scale of its channel."""
+        """float32, the tensor's shape: s sign(q) |q|^power with s the scale of its channel
+        (power 2 only for the tri-planes of version-1 files)."""
         flat = self.levels.reshape(-1, len(self.scales)).astype(np.float32)
-        magnitude = np.abs(flat) ** level_power(self.levels.shape)
+        magnitude = np.abs(flat) ** self.power
         return (np.sign(flat) * magnitude * self.scales.astype(np.float32)).reshape(self.levels.shape)
 
 
@@ -71,7 +98,7 @@ def quantize(weights, bits):
 
     Args:
         weights: float array, any shape (1-D: one scale; else per last-axis channel).
-        bits: 8, 6 or 4.
+        bits: the file's, 8, 6 or 4 (a tri-plane lattice takes :func:`tensor_bits`).
     Returns:
         QuantizedTensor.
 
@@ -83,7 +110,7 @@ def quantize(weights, bits):
     weights = np.asarray(weights, np.float32)
     scales = channel_scales(weights, bits)
     flat = _channels(weights)
-    levels = _levels(flat, scales.astype(np.float32), max_level(bits), level_power(weights.shape))
+    levels = _levels(flat, scales.astype(np.float32), tensor_max_level(weights.shape, bits))
     return QuantizedTensor(levels.astype(np.int32).reshape(weights.shape), scales)
 
 
@@ -91,11 +118,8 @@ def _channels(weights):
     return weights.reshape(-1, 1 if weights.ndim == 1 else weights.shape[-1])
 
 
-def _levels(flat, scales, top, power):
-    magnitude = np.abs(flat) / scales
-    if power == 2:
-        magnitude = np.sqrt(magnitude)
-    return np.sign(flat) * np.clip(np.rint(magnitude), 0, top)
+def _levels(flat, scales, top):
+    return np.sign(flat) * np.clip(np.rint(np.abs(flat) / scales), 0, top)
 
 
 CLIP_RATIOS = np.linspace(0.4, 1.0, 13)
@@ -110,16 +134,15 @@ def channel_scales(weights, bits):
     especially). The scale is rounded to float16, as the file stores it, before it is judged.
     """
     weights = np.asarray(weights, np.float32)
-    top, power = max_level(bits), level_power(weights.shape)
+    top = tensor_max_level(weights.shape, bits)
     flat = _channels(weights)
     peak = np.abs(flat).max(axis=0, initial=0.0)
     best_error, best = None, None
     for ratio in CLIP_RATIOS:
-        scales = (np.float32(ratio) * peak / np.float32(top ** power)).astype(np.float16)
+        scales = (np.float32(ratio) * peak / np.float32(top)).astype(np.float16)
         scales[scales == 0] = np.float16(1.0)  # an all-zero channel: any scale gives levels 0
         scales32 = scales.astype(np.float32)
-        levels = _levels(flat, scales32, top, power)
-        error = np.square(flat - np.sign(levels) * np.abs(levels) ** power * scales32).sum(axis=0)
+        error = np.square(flat - _levels(flat, scales32, top) * scales32).sum(axis=0)
         if best is None:
             best_error, best = error, scales
         else:
@@ -169,7 +192,7 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
     steps = int(data.dataset.cardinality()) * max(epochs, 1)
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
     loss_fn = keras.losses.BinaryCrossentropy()
-    top = max_level(bits)
+    tops = [tensor_max_level(tuple(w.shape), bits) for w in shadow]
 
     # The scales follow the weights once per epoch; within one they are constants.
     scales = [tf.Variable(np.ones(_channels(np.asarray(w)).shape[1], np.float32), trainable=False)
@@ -177,7 +200,8 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
 
     @tf.function
     def step(points, labels):
-        for variable, float_weights, scale in zip(model.trainable_weights, shadow, scales):
+        for variable, float_weights, scale, top in zip(model.trainable_weights, shadow, scales,
+                                                       tops):
             variable.assign(fake_quantize(float_weights, scale, top))
         with tf.GradientTape() as tape:
             loss = loss_fn(labels, model(points, training=True))
@@ -209,15 +233,11 @@ def fake_quantize(weights, scales, top):
     Args:
         weights: float32 tf.Tensor of one weight.
         scales: float32 [C], e.g. channel_scales(weights, bits) as float32.
-        top: max_level(bits).
+        top: tensor_max_level(weights.shape, bits).
     Returns:
         float32, the shape of ``weights``: the same values the packer's levels decode to.
     """
-    power = level_power(weights.shape)
     if weights.shape.rank == 1:
         scales = scales[0]
-    magnitude = tf.abs(weights) / scales
-    if power == 2:
-        magnitude = tf.sqrt(magnitude)
-    level = tf.minimum(tf.round(magnitude), float(top))
-    return tf.sign(weights) * level ** power * scales
+    level = tf.minimum(tf.round(tf.abs(weights) / scales), float(top))
+    return tf.sign(weights) * level * scales
