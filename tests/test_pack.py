@@ -74,7 +74,6 @@ def test_quantization_is_per_output_channel_and_idempotent():
         q = quantization.quantize(weights, bits)
         top = quantization.max_level(bits)
         assert q.levels.min() >= -top and q.levels.max() <= top and q.scales.shape == (8,)
-        assert quantization.tensor_max_level(weights.shape, bits) == top
         scales = q.scales.astype(np.float32)
         inside = np.abs(weights) <= top * scales  # not clipped
         assert np.all(np.abs(q.dequantize() - weights)[inside] <= 0.5001 * np.broadcast_to(scales, weights.shape)[inside])
@@ -86,23 +85,25 @@ def test_quantization_is_per_output_channel_and_idempotent():
             again = quantization.quantize(q.dequantize(), bits)
             assert np.array_equal(again.levels, q.levels)
             # the training step's quantizer gives the packer's values
-            fake = quantization.fake_quantize(tf.constant(tensor), tf.constant(q.scales.astype(np.float32)),
-                                              quantization.tensor_max_level(tensor.shape, bits))
+            fake = quantization.fake_quantize(tf.constant(tensor), tf.constant(q.scales.astype(np.float32)), top)
             assert np.allclose(fake.numpy(), q.dequantize(), rtol=0, atol=1e-6)
     bias = quantization.quantize(np.array([0.5, -0.25, 0.0]), 4)
     assert bias.scales.shape == (1,) and bias.levels.tolist() == [7, -4, 0]
 
 
-def test_tri_planes_get_more_bits_than_the_file():
-    planes = np.random.default_rng(2).laplace(0, 0.5, (3, 9, 9, 2)).astype(np.float32)
+def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed):
+    run_dir, _, _ = run
+    fine = vox_tf.load(run_dir).fine
+    extra = {"triplane/planes": quantization.PLANE_EXTRA_BITS,
+             "hidden_0/kernel": quantization.INPUT_LAYER_EXTRA_BITS}
     for bits in quantization.BITS:
-        q = quantization.quantize(planes, bits)
-        top = quantization.max_level(bits + quantization.PLANE_EXTRA_BITS)
-        assert quantization.max_level(bits) < np.abs(q.levels).max() <= top
-        # uniform steps of the finer grid: every unclipped value within half a step
-        scales = np.broadcast_to(q.scales.astype(np.float32), planes.shape)
-        inside = np.abs(planes) <= top * scales
-        assert np.all(np.abs(q.dequantize() - planes)[inside] <= 0.5001 * scales[inside])
+        expected = [bits + extra.get(w.path, 0) for w in fine.weights]
+        assert quantization.weight_bits(fine, bits) == expected
+        assert max(expected) > bits  # the rule found both tensors
+    # and the file holds them so: its decoded planes take values 4 bits cannot
+    planes = np.asarray(vox_tf.load(packed["4"]).fine.get_layer("triplane").planes)
+    steps = np.abs(planes).max() / np.abs(planes[planes != 0]).min()
+    assert steps > quantization.max_level(4)
 
 
 def test_format_version_1_files_still_decode():
@@ -139,10 +140,10 @@ def test_both_weight_codings_are_measured_and_decode(run):
     run_dir, _, _ = run
     model = vox_tf.load(run_dir)
     tensors = quantization.quantize_model(model.fine, 6)
-    codings = packed_model.weight_codings(tensors, 6)
+    codings = packed_model.weight_codings(tensors)
     shapes = [t.levels.shape for t in tensors]
     for data in codings.values():
-        decoded = packed_model._decode_levels(data, shapes, 6)
+        decoded = packed_model._decode_levels(data, shapes, [t.bits for t in tensors])
         assert all(np.array_equal(d, t.levels) for d, t in zip(decoded, tensors))
     _, sizes = packed_model.pack(model, 6)
     assert sizes[f"weights_{sizes['coder']}"] == min(sizes[f"weights_{name}"] for name in codings)
@@ -153,8 +154,9 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     truth = voxels.dense()
     plain = iou(vox_tf.load(packed["4-plain"]).predict_grid(), truth)
     tuned = iou(vox_tf.load(packed["4"]).predict_grid(), truth)
-    # 4 epochs take this model from 83 % to 93 % (float32: 100 %)
-    assert tuned >= plain + 0.05, (plain, tuned, results["iou"])
+    # 4 epochs take this model from 99.53 % to 99.986 % (float32: 100 %): the fine-tuning
+    # must at least halve what quantizing alone loses
+    assert 1 - tuned <= (1 - plain) / 2, (plain, tuned, results["iou"])
     assert "fine-tuning" in packed["4 stderr"]
     # the lossless pack at the same settings reused the fine-tuned weights
     assert "fine-tuning" not in packed["4-lossless stderr"]

@@ -10,13 +10,12 @@ Layout (little-endian)::
                  (0: none), tri-plane channels u8, layers u8, then per layer units u16 and
                  activation u8 (index in vox_tf.models.ACTIVATIONS)
         weights  length u32, then the per-channel float16 scales of every tensor (both
-                 nets, model.weights order) and the coded levels (:func:`encode_levels`);
-                 tri-plane lattices are held at PLANE_EXTRA_BITS more than ``bits``
-                 (vox_tf.quantization.tensor_bits)
+                 nets, model.weights order) and the coded levels (:func:`encode_levels`),
+                 each tensor at its vox_tf.quantization.weight_bits for the file's ``bits``
         residual (lossless only) coding u8, grid digest 8 bytes, length u32, bytes
                  (vox_tf.lossless)
 
-Version 1 (still read) held the tri-planes at ``bits`` with square-law levels.
+Version 1 (still read) held every tensor at ``bits``, the tri-planes with square-law levels.
 
 The architecture is those few bytes: the decoder rebuilds each network with
 vox_tf.models.build_occupancy_model, which fixes every tensor's shape, and sets the
@@ -42,7 +41,7 @@ from vox_tf.hierarchy import HierarchicalReconstructor
 from vox_tf.layers import PLANE_AXES
 from vox_tf.models import ACTIVATIONS, TriPlaneConfig, arch_of, build_occupancy_model
 from vox_tf.quantization import (QuantizedTensor, max_level, quantize, quantize_model,
-                                 tensor_max_level)
+                                 weight_bits)
 
 MAGIC = b"VXZ\0"
 VERSION = 2
@@ -110,28 +109,22 @@ def _ans_encode(levels, scales, top):
     return coder.get_compressed().tobytes()
 
 
-def _level_ranges(shapes, coders, bits, version=VERSION):
-    """(Q of the ANS stream, NumPy dtype of the LZMA stream) for tensors of these shapes.
-
-    Each stream spans the largest |level| of the tensors it holds, which follows from the
-    shapes and the file's bits (version 1: ``bits`` for every tensor).
-    """
-    def top(shape):
-        return max_level(bits) if version == 1 else tensor_max_level(shape, bits)
-
-    ans_top = max([top(s) for s, c in zip(shapes, coders) if c == ANS], default=max_level(bits))
-    lzma_top = max([top(s) for s, c in zip(shapes, coders) if c == LZMA], default=0)
+def _level_ranges(tensor_bits, coders):
+    """(Q of the ANS stream, NumPy dtype of the LZMA stream) for tensors of these bits: each
+    stream spans the largest |level| of the tensors it holds."""
+    ans_top = max([max_level(b) for b, c in zip(tensor_bits, coders) if c == ANS], default=1)
+    lzma_top = max([max_level(b) for b, c in zip(tensor_bits, coders) if c == LZMA], default=0)
     return ans_top, np.int8 if lzma_top <= np.iinfo(np.int8).max else np.int16
 
 
-def encode_levels(tensors, bits, coders):
+def encode_levels(tensors, coders):
     """The levels of ``tensors`` coded tensor by tensor with ``coders`` (ANS or LZMA each).
 
     Bytes: one coder byte per tensor, the float16 Laplace scale of each ANS tensor, the
     length (u32) of the ANS stream, the ANS stream of those tensors, then one LZMA2 stream of
     the others (int8 levels, int16 when one of them has more than 8 bits).
     """
-    ans_top, lzma_dtype = _level_ranges([t.levels.shape for t in tensors], coders, bits)
+    ans_top, lzma_dtype = _level_ranges([t.bits for t in tensors], coders)
     by_ans = [t for t, c in zip(tensors, coders) if c == ANS]
     laplace = np.array([_laplace_scale(t) for t in by_ans], np.float16)
     ans = _ans_encode(_flat_levels(by_ans),
@@ -143,7 +136,7 @@ def encode_levels(tensors, bits, coders):
     return bytes(coders) + laplace.tobytes() + struct.pack("<I", len(ans)) + ans + rest
 
 
-def weight_codings(tensors, bits):
+def weight_codings(tensors):
     """The levels coded three ways: {"ans": all ANS, "lzma": all LZMA, "mixed": each tensor
     with whichever of the two codes it alone in fewer bytes} (scales not included).
 
@@ -151,22 +144,22 @@ def weight_codings(tensors, bits):
     spatial repetition of tri-plane features that a per-symbol model cannot see.
 
     Example:
-        >>> sizes = {k: len(v) for k, v in weight_codings(quantize_model(fine, 8), 8).items()}
+        >>> sizes = {k: len(v) for k, v in weight_codings(quantize_model(fine, 8)).items()}
     """
     def alone(tensor, coder):
-        return len(encode_levels([tensor], bits, [coder]))
+        return len(encode_levels([tensor], [coder]))
 
     mixed = [min((ANS, LZMA), key=lambda c: alone(t, c)) for t in tensors]
-    return {name: encode_levels(tensors, bits, coders) for name, coders in
+    return {name: encode_levels(tensors, coders) for name, coders in
             (("ans", [ANS] * len(tensors)), ("lzma", [LZMA] * len(tensors)), ("mixed", mixed))}
 
 
-def _decode_levels(data, shapes, bits, version=VERSION):
+def _decode_levels(data, shapes, tensor_bits):
     sizes = [int(np.prod(s)) for s in shapes]
     coders = list(data[:len(shapes)])
     if any(c not in CODER_NAMES for c in coders):
         raise ValueError("unknown weight coder")
-    top, lzma_dtype = _level_ranges(shapes, coders, bits, version)
+    top, lzma_dtype = _level_ranges(tensor_bits, coders)
     n_ans = coders.count(ANS)
     at = len(shapes)
     laplace = np.frombuffer(data[at:at + 2 * n_ans], np.float16)
@@ -209,7 +202,8 @@ def pack(reconstructor, bits, residual=None):
     """
     nets = (reconstructor.coarse, reconstructor.fine)
     arrays = [np.asarray(w) for w in reconstructor.coarse.weights] + _read_weights_only(reconstructor)
-    weights, sizes = _weights_section([quantize(w, bits) for w in arrays], bits)
+    tensor_bits = weight_bits(reconstructor.coarse, bits) + weight_bits(reconstructor.fine, bits)
+    weights, sizes = _weights_section([quantize(w, b) for w, b in zip(arrays, tensor_bits)])
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,
                           residual is not None, *reconstructor.center, reconstructor.scale)
                + b"".join(_net_record(net) for net in nets)
@@ -248,9 +242,9 @@ def _read_weights_only(reconstructor):
     return arrays
 
 
-def _weights_section(tensors, bits):
+def _weights_section(tensors):
     """(scales + the smallest coding of the levels, {coder kept, weights_<coding>: bytes})."""
-    codings = weight_codings(tensors, bits)
+    codings = weight_codings(tensors)
     kept = min(codings, key=lambda c: len(codings[c]))
     scales = b"".join(t.scales.tobytes() for t in tensors)
     return scales + codings[kept], {"coder": kept, **{f"weights_{name}": len(coding) + len(scales)
@@ -264,7 +258,7 @@ def network_bytes(model, bits):
     Example:
         >>> network_bytes(build_occupancy_model("16:relu", triplane=None), 8)
     """
-    weights, _ = _weights_section(quantize_model(model, bits), bits)
+    weights, _ = _weights_section(quantize_model(model, bits))
     return len(_net_record(model)) + len(weights)
 
 
@@ -335,10 +329,12 @@ def _decode(reader, version):
     channels = [s[-1] if len(s) > 1 else 1 for s in shapes]
     scale_bytes = 2 * sum(channels)
     scales = np.split(np.frombuffer(weights[:scale_bytes], np.float16), np.cumsum(channels)[:-1])
-    levels = _decode_levels(weights[scale_bytes:], shapes, bits, version)
-    for variable, level, channel_scales in zip(variables, levels, scales):
+    tensor_bits = ([bits] * len(variables) if version == 1
+                   else [b for net in nets for b in weight_bits(net, bits)])
+    levels = _decode_levels(weights[scale_bytes:], shapes, tensor_bits)
+    for variable, level, channel_scales, level_bits in zip(variables, levels, scales, tensor_bits):
         power = 2 if version == 1 and level.ndim == 4 else 1  # version 1's square-law planes
-        variable.assign(QuantizedTensor(level, channel_scales, power).dequantize())
+        variable.assign(QuantizedTensor(level, channel_scales, level_bits, power).dequantize())
     metrics = {"bits": bits}
     reconstructor = HierarchicalReconstructor(nets[0], nets[1], resolution, center, scale,
                                               coarse_resolution, "packed", metrics)

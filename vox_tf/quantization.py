@@ -7,13 +7,14 @@ of it::
 
     w ~ s q,  |q| <= Q = 2^(b-1) - 1,  s ~ max|w| / Q (stored as float16)
 
-with b the file's ``bits`` for Dense weights and PLANE_EXTRA_BITS more for tri-plane
-lattices (:func:`tensor_bits`): every fine-stage feature passes through the planes, and at
-256^3 a file's 8 bits are far too few for them alone, while they are a small share of its
-bytes (most of their nodes are never read and are coded as zeros).
+with b the file's ``bits`` for most weights and more for the two that every fine-stage
+feature passes through (:func:`weight_bits`): the tri-plane lattices (PLANE_EXTRA_BITS) and
+the kernel of the first Dense layer, which reads the encodings (INPUT_LAYER_EXTRA_BITS). At
+256^3 a file's bits were far too few for them, and they are a small share of its bytes (most
+tri-plane nodes are never read and are coded as zeros).
 
-Files of format version 1 held the planes at the file's bits with square-law levels,
-w ~ s sign(q) q^2 (``QuantizedTensor.power`` 2), to keep their heavy-tailed small values
+Files of format version 1 held every weight at the file's bits, the planes with square-law
+levels, w ~ s sign(q) q^2 (``QuantizedTensor.power`` 2), to keep their heavy-tailed small values
 (bunny 128^3: largest 11.7, median 0.013); the decoder still reads them. At 12 bits uniform
 levels do better than square-law ones at 8 (mgn10_125611510010088_ShirtNoCoat 256^3, planes
 alone quantized: 186 wrong voxels against 725; float32: 166).
@@ -42,17 +43,27 @@ mgn10_125611510010088_ShirtNoCoat at 256^3 (a searched model, 166 wrong voxels i
 quantizing the planes alone, uniform levels: 11 bits 237 wrong voxels, 12 bits 186, 13 bits
 164 (version 1's 8-bit square-law levels: 725); bunny 128^3 (11 in float32): 12 bits 10. In
 that 8-bit file they take ~2,000 bytes instead of 1,148 (1,050 of their nodes are read)."""
+INPUT_LAYER_EXTRA_BITS = 2
+"""Bits that the first Dense kernel gets beyond the file's. Same model, every weight
+quantized (planes as above), without fine-tuning: 8-bit file 512 wrong voxels, with that
+kernel (63 x 48) at 10 bits 341; 6-bit file 2,249, at 8 bits 1,373; 4-bit file 10,415, at
+6 bits 6,029. It costs 2 bits x 3,024 weights, ~760 bytes."""
 
 
-def tensor_bits(shape, bits):
-    """The bits of a tensor of this shape in a file of ``bits``: PLANE_EXTRA_BITS more for
-    tri-plane lattices (rank 4), ``bits`` for every other weight.
+def weight_bits(model, bits):
+    """The bits of each of ``model.weights`` in a file of ``bits``: PLANE_EXTRA_BITS more for
+    tri-plane lattices, INPUT_LAYER_EXTRA_BITS more for the first Dense kernel, ``bits`` for
+    the rest.
 
     Example:
-        >>> tensor_bits((3, 33, 33, 2), 8), tensor_bits((45, 64), 8)
-        (12, 8)
+        >>> weight_bits(build_occupancy_model("16:relu"), 8)  # planes, kernel, bias, output layer
+        [12, 10, 8, 8, 8]
     """
-    return bits + PLANE_EXTRA_BITS if len(shape) == 4 else bits
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    first_kernel = dense[0].kernel if dense else None
+    return [bits + PLANE_EXTRA_BITS if len(w.shape) == 4
+            else bits + INPUT_LAYER_EXTRA_BITS if w is first_kernel else bits
+            for w in model.weights]
 
 
 def max_level(bits):
@@ -67,11 +78,6 @@ def max_level(bits):
     return 2 ** (bits - 1) - 1
 
 
-def tensor_max_level(shape, bits):
-    """Q of a tensor of this shape in a file of ``bits`` (:func:`tensor_bits`)."""
-    return max_level(tensor_bits(shape, bits))
-
-
 @dataclass
 class QuantizedTensor:
     """One weight tensor at k bits.
@@ -79,15 +85,17 @@ class QuantizedTensor:
     Attributes:
         levels: int32, the tensor's shape, in [-Q, Q].
         scales: float16 [C] (C = the last axis, or 1 for a 1-D tensor).
+        bits: k (Q = max_level(k)).
+        power: of the levels (2 only for the tri-planes of version-1 files).
     """
 
     levels: np.ndarray
     scales: np.ndarray
+    bits: int
     power: int = 1
 
     def dequantize(self):
-        """float32, the tensor's shape: s sign(q) |q|^power with s the scale of its channel
-        (power 2 only for the tri-planes of version-1 files)."""
+        """float32, the tensor's shape: s sign(q) |q|^power with s the scale of its channel."""
         flat = self.levels.reshape(-1, len(self.scales)).astype(np.float32)
         magnitude = np.abs(flat) ** self.power
         return (np.sign(flat) * magnitude * self.scales.astype(np.float32)).reshape(self.levels.shape)
@@ -98,7 +106,7 @@ def quantize(weights, bits):
 
     Args:
         weights: float array, any shape (1-D: one scale; else per last-axis channel).
-        bits: the file's, 8, 6 or 4 (a tri-plane lattice takes :func:`tensor_bits`).
+        bits: the tensor's (:func:`weight_bits` gives each weight's in a packed file).
     Returns:
         QuantizedTensor.
 
@@ -110,8 +118,8 @@ def quantize(weights, bits):
     weights = np.asarray(weights, np.float32)
     scales = channel_scales(weights, bits)
     flat = _channels(weights)
-    levels = _levels(flat, scales.astype(np.float32), tensor_max_level(weights.shape, bits))
-    return QuantizedTensor(levels.astype(np.int32).reshape(weights.shape), scales)
+    levels = _levels(flat, scales.astype(np.float32), max_level(bits))
+    return QuantizedTensor(levels.astype(np.int32).reshape(weights.shape), scales, bits)
 
 
 def _channels(weights):
@@ -134,7 +142,7 @@ def channel_scales(weights, bits):
     especially). The scale is rounded to float16, as the file stores it, before it is judged.
     """
     weights = np.asarray(weights, np.float32)
-    top = tensor_max_level(weights.shape, bits)
+    top = max_level(bits)
     flat = _channels(weights)
     peak = np.abs(flat).max(axis=0, initial=0.0)
     best_error, best = None, None
@@ -152,8 +160,9 @@ def channel_scales(weights, bits):
 
 
 def quantize_model(model, bits):
-    """QuantizedTensor per weight of ``model``, in ``model.weights`` order."""
-    return [quantize(np.asarray(w), bits) for w in model.weights]
+    """QuantizedTensor per weight of ``model``, in ``model.weights`` order, each at its
+    :func:`weight_bits` in a file of ``bits``."""
+    return [quantize(np.asarray(w), b) for w, b in zip(model.weights, weight_bits(model, bits))]
 
 
 def set_quantized(model, bits):
@@ -192,7 +201,9 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
     steps = int(data.dataset.cardinality()) * max(epochs, 1)
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
     loss_fn = keras.losses.BinaryCrossentropy()
-    tops = [tensor_max_level(tuple(w.shape), bits) for w in shadow]
+    bits_of = {id(w): b for w, b in zip(model.weights, weight_bits(model, bits))}
+    bits_per_weight = [bits_of[id(w)] for w in model.trainable_weights]
+    tops = [max_level(b) for b in bits_per_weight]
 
     # The scales follow the weights once per epoch; within one they are constants.
     scales = [tf.Variable(np.ones(_channels(np.asarray(w)).shape[1], np.float32), trainable=False)
@@ -211,8 +222,8 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
 
     every = evaluate_every or 1
     for epoch in range(1, epochs + 1):
-        for scale, float_weights in zip(scales, shadow):
-            scale.assign(channel_scales(np.asarray(float_weights), bits).astype(np.float32))
+        for scale, float_weights, own_bits in zip(scales, shadow, bits_per_weight):
+            scale.assign(channel_scales(np.asarray(float_weights), own_bits).astype(np.float32))
         for points, labels in data.dataset:
             step(points, labels)
         if epoch % every and epoch != epochs:
@@ -233,7 +244,7 @@ def fake_quantize(weights, scales, top):
     Args:
         weights: float32 tf.Tensor of one weight.
         scales: float32 [C], e.g. channel_scales(weights, bits) as float32.
-        top: tensor_max_level(weights.shape, bits).
+        top: max_level of the tensor's bits.
     Returns:
         float32, the shape of ``weights``: the same values the packer's levels decode to.
     """
