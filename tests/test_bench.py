@@ -84,3 +84,11 @@ def test_fine_convergence_bench_prints_wrong_voxels_per_variant():
     assert "torus: 32^3" in out
     rows = re.findall(rf"^(L6(?:\+focus0\.5)?)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M)
     assert rows == ["L6", "L6+focus0.5"], out
+
+
+def test_quantization_sensitivity_bench_prints_a_row_per_tensor():
+    out = run_smoke("quantization_sensitivity.py")
+    assert re.search(rf"^float32\s+{NUMBER}\s+{NUMBER}$", out, re.M), out
+    for tensor in ("fine triplane/planes", "fine hidden_0/kernel", "coarse occupancy/bias"):
+        assert re.search(rf"^{re.escape(tensor)} \(.*\)\s+{NUMBER}\s+{NUMBER}$", out, re.M), out
+    assert re.search(rf"^fine: every tensor at a file's bits\s+{NUMBER}\s+{NUMBER}$", out, re.M), out

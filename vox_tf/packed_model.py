@@ -201,7 +201,7 @@ def pack(reconstructor, bits, residual=None):
         >>> data, sizes = pack(vox_tf.load("runs/bunny"), 8)
     """
     nets = (reconstructor.coarse, reconstructor.fine)
-    arrays = [np.asarray(w) for w in reconstructor.coarse.weights] + _read_weights_only(reconstructor)
+    arrays = [np.asarray(w) for w in reconstructor.coarse.weights] + fine_weights_as_packed(reconstructor)
     tensor_bits = weight_bits(reconstructor.coarse, bits) + weight_bits(reconstructor.fine, bits)
     weights, sizes = _weights_section([quantize(w, b) for w, b in zip(arrays, tensor_bits)])
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,
@@ -215,7 +215,7 @@ def pack(reconstructor, bits, residual=None):
     return blob, {"total": len(blob), "residual": len(residual[1]) if residual else 0, **sizes}
 
 
-def _read_weights_only(reconstructor):
+def fine_weights_as_packed(reconstructor):
     """The fine net's weights with the tri-plane nodes that no voxel of the mask reads set to 0.
 
     The fine net is only ever asked inside the mask, so those nodes (still their random
