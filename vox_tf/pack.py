@@ -15,7 +15,8 @@ Fine-tuning is kept in the run directory, one file per stage once it finishes::
 
 so packing again (say with --lossless) reuses it, and an interrupted pack resumes at the
 stage it was in. The file format's version is in the name because the quantizer is part
-of it: weights fine-tuned for another version's quantizer are not reused. Every figure printed is measured on the file as written, decoded back.
+of it: weights fine-tuned for another version's quantizer are not reused. Every figure
+printed is measured on the file as written, decoded back.
 """
 
 import argparse

@@ -201,7 +201,8 @@ def pack(reconstructor, bits, residual=None):
         >>> data, sizes = pack(vox_tf.load("runs/bunny"), 8)
     """
     nets = (reconstructor.coarse, reconstructor.fine)
-    arrays = [np.asarray(w) for w in reconstructor.coarse.weights] + fine_weights_as_packed(reconstructor)
+    arrays = ([np.asarray(w) for w in reconstructor.coarse.weights]
+              + fine_weights_as_packed(reconstructor))
     tensor_bits = weight_bits(reconstructor.coarse, bits) + weight_bits(reconstructor.fine, bits)
     weights, sizes = _weights_section([quantize(w, b) for w, b in zip(arrays, tensor_bits)])
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,

@@ -39,10 +39,11 @@ BITS = (8, 6, 4)
 """The bits per weight a packed file can be written with (``vox_tf.pack --bits``)."""
 PLANE_EXTRA_BITS = 4
 """Bits that tri-plane lattices get beyond the file's. Measured with
-bench/quantization_sensitivity.py on mgn10_125611510010088_ShirtNoCoat at 256^3 (a searched model, 166 wrong voxels in float32),
-quantizing the planes alone, uniform levels: 11 bits 237 wrong voxels, 12 bits 186, 13 bits
-164 (version 1's 8-bit square-law levels: 725); bunny 128^3 (11 in float32): 12 bits 10. In
-that 8-bit file they take ~2,000 bytes instead of 1,148 (1,050 of their nodes are read)."""
+bench/quantization_sensitivity.py on mgn10_125611510010088_ShirtNoCoat at 256^3 (a searched
+model, 166 wrong voxels in float32), quantizing the planes alone, uniform levels: 11 bits 237
+wrong voxels, 12 bits 186, 13 bits 164 (version 1's 8-bit square-law levels: 725); bunny
+128^3 (11 in float32): 12 bits 10. In that 8-bit file they take ~2,000 bytes instead of 1,148
+(1,050 of their nodes are read)."""
 INPUT_LAYER_EXTRA_BITS = 2
 """Bits that the first Dense kernel gets beyond the file's. Same model, every weight
 quantized (planes as above), without fine-tuning: 8-bit file 512 wrong voxels, with that
