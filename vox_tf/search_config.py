@@ -54,6 +54,10 @@ def widths_for(resolution):
     return WIDTHS[min(WIDTHS, key=lambda r: (abs(r - resolution), r))]
 
 
+FILTER_CHOICES = ("accuracy", "objective")
+"""How the filter chooses among its retrained candidates (FilterConfig.choose)."""
+
+
 @dataclass
 class ObjectiveConfig:
     """What a trial is scored by, on its reconstruction of the grid (direction: max).
@@ -107,17 +111,24 @@ class HyperbandConfig:
 
 @dataclass
 class FilterConfig:
-    """Retrain the ``top`` best trials' architectures for ``epochs``, keep the smallest whose
-    accuracy is within ``tolerance`` of the best one's."""
+    """Retrain the ``top`` best trials' architectures for ``epochs``, then choose one.
+
+    choose "accuracy" (METHOD.md's rule): the smallest whose accuracy is within ``tolerance``
+    of the best one's; "objective": the one with the best objective (the stage's reward,
+    which prices parameters against wrong voxels) after the retraining.
+    """
 
     top: int = 10
     epochs: int = 100
     tolerance: float = 1e-4
+    choose: str = "accuracy"
 
     def check(self):
         _require_int(self, "top", 1)
         _require_int(self, "epochs", 1)
         _require(self.tolerance >= 0, "tolerance", "must be >= 0")
+        _require(self.choose in FILTER_CHOICES, "choose",
+                 f"must be one of {', '.join(FILTER_CHOICES)}")
 
 
 @dataclass

@@ -5,7 +5,8 @@ Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse
 1. search: keras_tuner.Hyperband over the stage's space (vox_tf.search_space), each trial
    scored on its reconstruction of the grid;
 2. filter: the ``top`` best architectures retrained ``epochs`` each; the smallest whose
-   accuracy is within ``tolerance`` of the best is chosen. The fine stage is searched inside
+   accuracy is within ``tolerance`` of the best is chosen (or, with ``choose: objective``,
+   the best by the stage's objective). The fine stage is searched inside
    the mask of the chosen coarse network;
 3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
    weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``.
@@ -137,7 +138,7 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
     """Retrains the top candidates longer; returns (chosen Candidate, its model, all results).
 
     The chosen one is the smallest whose accuracy is within the stage's tolerance of the best
-    retrained accuracy. Each retraining lives in DIR/search/<stage>_filter/NN (TensorBoard,
+    retrained accuracy, or the best retrained objective (``choose``; see :func:`choose`). Each retraining lives in DIR/search/<stage>_filter/NN (TensorBoard,
     resume checkpoint, model.keras, done.json) and is skipped once done.
     """
     settings = config.stage(stage).filter
@@ -174,9 +175,23 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
         clear_resume_state(directory)
         results.append(retrained)
         models.append(model_path)
-    chosen = pick_smallest(results, settings.tolerance)
+    chosen = choose(results, settings)
     model = keras.saving.load_model(models[results.index(chosen)], compile=False)
     return chosen, model, results
+
+
+def choose(candidates, settings):
+    """The filter's choice among its retrained candidates (FilterConfig.choose).
+
+    Example:
+        >>> choose([Candidate("64:elu", {}, 0.0195, 0.99995, 900),
+        ...         Candidate("16:elu", {}, 0.0199, 0.99990, 300)],
+        ...        vox_tf.search_config.FilterConfig(choose="objective")).arch
+        '16:elu'
+    """
+    if settings.choose == "objective":
+        return max(candidates, key=lambda c: (c.score, -c.params))
+    return pick_smallest(candidates, settings.tolerance)
 
 
 def pick_smallest(candidates, tolerance):
