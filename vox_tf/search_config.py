@@ -41,6 +41,8 @@ WIDTHS = {32: (8, 16, 24, 32, 40, 48), 64: (8, 16, 32, 40, 48, 64), 128: (16, 32
 """Layer widths searched per resolution (METHOD.md); other resolutions use the nearest list."""
 
 OBJECTIVES = ("reward", "packed_reward", "accuracy", "iou")
+FILTER_CHOICES = ("accuracy", "objective")
+"""How the filter chooses among its retrained candidates (FilterConfig.choose)."""
 BY_RESOLUTION = "by_resolution"
 
 
@@ -52,10 +54,6 @@ def widths_for(resolution):
         (16, 32, 40, 48, 64)
     """
     return WIDTHS[min(WIDTHS, key=lambda r: (abs(r - resolution), r))]
-
-
-FILTER_CHOICES = ("accuracy", "objective")
-"""How the filter chooses among its retrained candidates (FilterConfig.choose)."""
 
 
 @dataclass
@@ -75,9 +73,9 @@ class ObjectiveConfig:
     bits: int = 8
 
     def check(self):
-        _require(self.kind in OBJECTIVES, "kind", f"must be one of {', '.join(OBJECTIVES)}")
+        _require_one_of(self, "kind", OBJECTIVES)
         _require(self.c > 0, "c", "must be > 0")
-        _require(self.bits in BITS, "bits", f"must be one of {', '.join(map(str, BITS))}")
+        _require_one_of(self, "bits", BITS)
 
     def size(self, model):
         """What the reward prices: packed bytes for "packed_reward", else parameters."""
@@ -127,8 +125,7 @@ class FilterConfig:
         _require_int(self, "top", 1)
         _require_int(self, "epochs", 1)
         _require(self.tolerance >= 0, "tolerance", "must be >= 0")
-        _require(self.choose in FILTER_CHOICES, "choose",
-                 f"must be one of {', '.join(FILTER_CHOICES)}")
+        _require_one_of(self, "choose", FILTER_CHOICES)
 
 
 @dataclass
@@ -227,8 +224,7 @@ class TrainingConfig:
             _require_int(self, name, 1)
         _require(self.learning_rate > 0, "learning_rate", "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule",
-                 f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _require_one_of(self, "lr_schedule", LR_SCHEDULES)
         _require(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
         _require(0 <= self.min_lr <= self.learning_rate, "min_lr",
                  f"must be in [0, learning_rate], got {self.min_lr!r}")
@@ -310,6 +306,12 @@ class _BadValue(ValueError):
 def _require(condition, key, reason):
     if not condition:
         raise _BadValue(key, reason)
+
+
+def _require_one_of(obj, name, choices):
+    value = getattr(obj, name)
+    _require(value in choices, name,
+             f"must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def _require_int(obj, name, minimum):

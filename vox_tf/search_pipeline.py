@@ -6,8 +6,8 @@ Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse
    scored on its reconstruction of the grid;
 2. filter: the ``top`` best architectures retrained ``epochs`` each; the smallest whose
    accuracy is within ``tolerance`` of the best is chosen (or, with ``choose: objective``,
-   the best by the stage's objective). The fine stage is searched inside
-   the mask of the chosen coarse network;
+   the best by the stage's objective). The fine stage is searched inside the mask of the
+   chosen coarse network;
 3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
    weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``.
 
@@ -138,8 +138,9 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
     """Retrains the top candidates longer; returns (chosen Candidate, its model, all results).
 
     The chosen one is the smallest whose accuracy is within the stage's tolerance of the best
-    retrained accuracy, or the best retrained objective (``choose``; see :func:`choose`). Each retraining lives in DIR/search/<stage>_filter/NN (TensorBoard,
-    resume checkpoint, model.keras, done.json) and is skipped once done.
+    retrained accuracy, or the best retrained objective (``choose``; see :func:`choose`).
+    Each retraining lives in DIR/search/<stage>_filter/NN (TensorBoard, resume checkpoint,
+    model.keras, done.json) and is skipped once done.
     """
     settings = config.stage(stage).filter
     count = min(settings.top, len(candidates))
