@@ -1,9 +1,10 @@
 """Training and inference speed of the reference's fine network on this machine's CPU.
 
-    python bench/train_speed.py [--arch ARCH] [--steps 60] [--batches 20] [--smoke]
+    python bench/train_speed.py [--arch ARCH] [--steps 160] [--rounds 5] [--batches 20] [--smoke]
 
 Prints, with and without XLA (jit_compile): training samples/s (batch 4096, Adam, BCE, the
-way vox_tf.train trains), inference points/s (65,536-point batches, the way
+way vox_tf.train trains) at one step per Keras call and at the trainer's
+vox_tf.stage_training.STEPS_PER_EXECUTION, inference points/s (65,536-point batches, the way
 vox_tf.hierarchy reconstructs), the GFLOP/s this means, and the machine's peak.
 
 FLOPs counted: 2 per multiply-add of the Dense layers (the encodings and activations are a
@@ -15,7 +16,7 @@ Peak: cores x GHz x FP32 FLOPs per cycle per core. With AVX-512 and two FMA unit
 512-bit instructions on 256-bit units, so 32 there. GHz is the nominal clock that lscpu /
 /proc/cpuinfo report (turbo ignored).
 
-``--smoke``: 2 timed training steps and 2 inference batches.
+``--smoke``: one round of 2 timed training steps, and 2 inference batches.
 """
 
 import argparse
@@ -32,8 +33,9 @@ import tensorflow as tf  # noqa: E402
 
 from _common import parse_args  # noqa: E402
 from vox_tf.models import build_occupancy_model, input_features  # noqa: E402
+from vox_tf.stage_training import STEPS_PER_EXECUTION  # noqa: E402
 
-SMOKE = {"steps": 2, "batches": 2}
+SMOKE = {"steps": 2, "batches": 2, "rounds": 1}
 REFERENCE_FINE = "128:elu,64:swish,64:elu,64:relu,128:swish,128:swish"
 TRAIN_BATCH = 4096
 PREDICT_BATCH = 65536
@@ -61,28 +63,39 @@ def machine_peak_gflops():
     flags = field.get("Flags", "")
     zen4 = field.get("Vendor ID") == "AuthenticAMD" and field.get("CPU family") == "25"
     if "avx512f" in flags:
-        per_cycle = 32 if zen4 else 64
+        per_cycle, units = (32, "AVX-512 on 256-bit units (Zen 4)") if zen4 else (64, "AVX-512 FMA units")
     elif "fma" in flags:
-        per_cycle = 32
+        per_cycle, units = 32, "AVX2 FMA units"
     else:
-        per_cycle = 8
-    note = (f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FP32 FLOPs/cycle "
-            f"({'AVX-512 on 256-bit units (Zen 4)' if zen4 and per_cycle == 32 else 'FMA vector units'})")
+        per_cycle, units = 8, "SSE units"
+    note = f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FP32 FLOPs/cycle ({units})"
     return cores * ghz * per_cycle, note
 
 
-def training_rate(arch, jit, steps):
+def training_run(arch, jit, steps_per_execution):
+    """A compiled, warmed-up model and its cached batches: ``run(steps)`` trains that many steps."""
     keras.utils.set_random_seed(0)
     model = build_occupancy_model(arch)
-    model.compile(keras.optimizers.Adam(1e-3, weight_decay=1e-5), "binary_crossentropy", jit_compile=jit)
+    model.compile(keras.optimizers.Adam(1e-3, weight_decay=1e-5), "binary_crossentropy", jit_compile=jit,
+                  steps_per_execution=steps_per_execution)
     rng = np.random.default_rng(0)
     points = rng.uniform(-1, 1, (TRAIN_BATCH * 16, 3)).astype(np.float32)
     labels = (np.linalg.norm(points, axis=1, keepdims=True) < 0.6).astype(np.float32)
     data = tf.data.Dataset.from_tensor_slices((points, labels)).batch(TRAIN_BATCH).cache().repeat()
-    model.fit(data, steps_per_epoch=4, epochs=1, verbose=0)  # trace / compile
-    start = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * TRAIN_BATCH / (time.perf_counter() - start), model
+
+    def run(steps):
+        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+
+    run(2 * steps_per_execution)  # trace / compile
+    return run
+
+
+def timed(run, *args):
+    """(wall seconds, user + system CPU seconds of this process) of run(*args)."""
+    cpu, start = os.times(), time.perf_counter()
+    run(*args)
+    wall, after = time.perf_counter() - start, os.times()
+    return wall, (after.user - cpu.user) + (after.system - cpu.system)
 
 
 def inference_rate(arch, jit, batches):
@@ -99,8 +112,9 @@ def inference_rate(arch, jit, batches):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default=REFERENCE_FINE)
-    parser.add_argument("--steps", type=int, default=60, help="timed training steps")
+    parser.add_argument("--steps", type=int, default=160, help="timed training steps")
     parser.add_argument("--batches", type=int, default=20, help="timed inference batches")
+    parser.add_argument("--rounds", type=int, default=5, help="timed training rounds per variant")
     args = parse_args(parser, SMOKE, argv)
 
     peak, note = machine_peak_gflops()
@@ -109,13 +123,28 @@ def main(argv=None):
     print(f"network {args.arch}: {input_features(model)} inputs, {model.count_params():,} parameters, "
           f"{flops:,} dense FLOPs per point forward")
     print(f"machine peak {peak:.0f} GFLOP/s = {note}")
+    # This machine at times runs a process on one core only for seconds at a time (a shared VM:
+    # rounds drop to half speed with user+system ~1x wall), so the variants take turns, round
+    # after round, and each prints its best round (as timeit does) beside its median.
+    variants = [(jit, steps) for jit in (False, True) for steps in sorted({1, STEPS_PER_EXECUTION})]
+    runs = {variant: training_run(args.arch, *variant) for variant in variants}
+    rounds = {variant: [] for variant in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            rounds[variant].append(timed(runs[variant], args.steps))
+    for (jit, steps), times in rounds.items():
+        wall, cpu = min(times)
+        train = args.steps * TRAIN_BATCH / wall
+        median = args.steps * TRAIN_BATCH / float(np.median([w for w, _ in times]))
+        train_gflops = train * 3 * flops / 1e9
+        print(f"jit_compile={str(jit):5}  steps per call {steps:2}  training {train:>10,.0f} samples/s "
+              f"{train_gflops:6.1f} GFLOP/s ({100 * train_gflops / peak:4.1f} % of peak), user+system "
+              f"{cpu / wall:.2f}x wall   (best of {len(times)} rounds; median {median:,.0f} samples/s)")
     for jit in (False, True):
-        train, _ = training_rate(args.arch, jit, args.steps)
         infer = inference_rate(args.arch, jit, args.batches)
-        train_gflops, infer_gflops = train * 3 * flops / 1e9, infer * flops / 1e9
-        print(f"jit_compile={str(jit):5}  training {train:>10,.0f} samples/s  {train_gflops:6.1f} GFLOP/s "
-              f"({100 * train_gflops / peak:4.1f} % of peak)   inference {infer:>11,.0f} points/s  "
-              f"{infer_gflops:6.1f} GFLOP/s ({100 * infer_gflops / peak:4.1f} % of peak)")
+        infer_gflops = infer * flops / 1e9
+        print(f"jit_compile={str(jit):5}  inference {infer:>11,.0f} points/s  {infer_gflops:6.1f} GFLOP/s "
+              f"({100 * infer_gflops / peak:4.1f} % of peak)")
 
 
 if __name__ == "__main__":

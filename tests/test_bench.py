@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vox_tf.stage_training import STEPS_PER_EXECUTION
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_REAL = ROOT.parent / "shared" / "meshes" / "real"
 NUMBER = r"[\d,]+(?:\.\d+)?"
@@ -62,12 +64,15 @@ def test_sampling_bench_prints_the_peak_memory_of_the_fine_set():
                      rf"peak RSS \d+ MiB", out, re.M), out
 
 
-def test_train_speed_bench_prints_rates_with_and_without_xla():
+def test_train_speed_bench_prints_rates_with_and_without_xla_and_grouped_steps():
     out = run_smoke("train_speed.py")
     assert re.search(r"^machine peak \d+ GFLOP/s", out, re.M)
     for jit in ("False", "True "):
-        assert re.search(rf"^jit_compile={jit}\s+training\s+{NUMBER} samples/s .* % of peak\)\s+"
-                         rf"inference\s+{NUMBER} points/s", out, re.M), out
+        for steps in sorted({1, STEPS_PER_EXECUTION}):
+            assert re.search(rf"^jit_compile={jit}\s+steps per call\s+{steps}\s+training\s+{NUMBER} "
+                             rf"samples/s .* % of peak\), user\+system {NUMBER}x wall", out, re.M), out
+        assert re.search(rf"^jit_compile={jit}\s+inference\s+{NUMBER} points/s .* % of peak\)$",
+                         out, re.M), out
 
 
 def test_batch_beam_bench_prints_loop_and_beam_times_and_their_ratio():

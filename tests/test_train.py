@@ -162,6 +162,25 @@ def test_cosine_schedule_decays_over_the_budget_and_survives_a_resume(voxels, tm
         small_config(lr_schedule="linear")
 
 
+def test_several_steps_per_call_train_every_batch_exactly_as_one_step_per_call(voxels, monkeypatch):
+    config = small_config()
+    grouped_steps = stage_training.STEPS_PER_EXECUTION
+    trained = {}
+    for steps in (1, grouped_steps):
+        monkeypatch.setattr(stage_training, "STEPS_PER_EXECUTION", steps)
+        # A fresh dataset each time (iterating one reshuffles it), under the same seeds.
+        keras.utils.set_random_seed(0)
+        data = stage_training.coarse_stage_data(voxels, config)
+        batches = int(data.dataset.cardinality())
+        assert batches % grouped_steps, "want a partial last call"
+        model = config.build(ARCH, "coarse")
+        stage_training.train_stage(model, data, 2, config)
+        assert int(model.optimizer.iterations) == 2 * batches  # the short last call included
+        trained[steps] = model.get_weights()
+    for one, grouped in zip(*trained.values()):
+        np.testing.assert_allclose(one, grouped, rtol=1e-4, atol=1e-6)
+
+
 def test_coarse_network_can_leave_out_the_triplanes():
     config = small_config(coarse_triplane=False)
     coarse, fine = config.build(ARCH, "coarse"), config.build(ARCH, "fine")

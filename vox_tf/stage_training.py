@@ -33,6 +33,12 @@ from vox_tf.train_config import TrainConfig
 from vox_tf.training_callbacks import (EpochProgress, GridEvaluation, PeriodicBackup, RelativePlateau,
                                        cosine_decay)
 
+# Training steps per call from Keras into TensorFlow. One step of these small nets is a few
+# milliseconds, so the per-call overhead of Keras's Python loop is a large share of it; 8 steps
+# per call trained 1.3x more samples/s (bench/train_speed.py, 2 cores). Every callback of the
+# trainer runs per epoch, and each step is the same update as with 1, so nothing else changes.
+STEPS_PER_EXECUTION = 8
+
 
 @dataclass
 class StageData:
@@ -94,7 +100,8 @@ def fine_stage_data(voxels: VoxelGrid, coarse_model, config: TrainConfig):
 def compile_for_training(model, config: TrainConfig):
     """Adam (decoupled weight decay), binary cross-entropy, XLA per config.jit_compile."""
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, weight_decay=config.weight_decay),
-                  loss=keras.losses.BinaryCrossentropy(), jit_compile=config.jit_compile)
+                  loss=keras.losses.BinaryCrossentropy(), jit_compile=config.jit_compile,
+                  steps_per_execution=STEPS_PER_EXECUTION)
     return model
 
 
