@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,8 +21,10 @@ from vox_tf.exports import ERROR_CLASSES
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
 from vox_tf.search_pipeline import Candidate, choose, pick_smallest
-from vox_tf.search_config import (DEFAULT_CONFIG, FilterConfig, ObjectiveConfig, load_config,
-                                  widths_for)
+from vox_tf.hierarchy import occupancy_grid
+from vox_tf.sampling import fine_samples, upsample_mask
+from vox_tf.search_config import (DEFAULT_CONFIG, FilterConfig, ObjectiveConfig, StageSearchConfig,
+                                  load_config, widths_for)
 from vox_tf.search_space import arch_from_values
 from vox_tf.voxelize import voxelize
 
@@ -36,6 +39,8 @@ TINY = {
                "filter": {"top": 2, "epochs": 10}, "final_epochs": 10}
        for stage in ("coarse", "fine")},
 }
+# More samples than 10 fine epochs of the sphere show: the final fine budget is set by them.
+TINY["fine"]["final_samples"] = 200_000
 # Ten epochs of 16 steps left both coarse candidates predicting nothing in one run of three
 # (float noise decides), and the fine stage then has no mask: the coarse filter trains 40.
 TINY["coarse"]["filter"]["epochs"] = 40
@@ -105,6 +110,7 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     ({"resolution": 16, "coarse_resolution": 32}, "coarse_resolution: must not exceed"),
     ({"training": {"focus": 1.0}}, "training.focus: must be in"),
     ({"fine": {"filter": {"choose": "size"}}}, "fine.filter.choose: must be one of"),
+    ({"fine": {"final_samples": 0}}, "fine.final_samples: must be an integer >= 1"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, data, message):
@@ -247,6 +253,30 @@ def test_rerun_reuses_finished_trials(run, tiny_config):
     assert sorted((out / "search").glob("*/trial_*/trial.json")) == trial_files
     assert {p: p.stat().st_mtime_ns for p in trial_files} == before
     assert again["fine_arch"] == results["fine_arch"]
+
+
+def test_final_training_gets_the_epochs_that_show_final_samples(run, tiny_config, monkeypatch):
+    out, _ = run
+    config = load_config(tiny_config)
+    voxels = sphere_voxels()
+    coarse = keras.saving.load_model(out / "search" / "coarse_choice.keras", compile=False)
+    mask = upsample_mask(occupancy_grid(coarse, config.coarse_resolution), voxels.resolution)
+    per_epoch = len(fine_samples(voxels, mask))
+    expected = -(-config.fine.final_samples // per_epoch)
+    assert expected > config.fine.final_epochs, "the test wants final_samples to decide"
+    budgets = {}
+
+    def record_budgets(voxels, final, *args, **kwargs):
+        budgets.update(coarse=final.epochs_coarse, fine=final.epochs_fine)
+        raise InterruptedError
+
+    monkeypatch.setattr(search_pipeline, "train_hierarchy", record_budgets)
+    with pytest.raises(InterruptedError):
+        search_pipeline.run_search(voxels, config, out, verbose=0)
+    assert budgets == {"coarse": config.coarse.final_epochs, "fine": expected}
+    assert StageSearchConfig(final_epochs=60, final_samples=10**8).final_epochs_for(10**6) == 100
+    assert StageSearchConfig(final_epochs=60, final_samples=10**6).final_epochs_for(10**6) == 60
+    assert StageSearchConfig(final_epochs=60).final_epochs_for(1) == 60
 
 
 def test_rerun_with_other_settings_is_refused(run, tiny_config):

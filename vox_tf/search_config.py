@@ -133,6 +133,9 @@ class StageSearchConfig:
     """Search space and budget of one stage (coarse or fine).
 
     widths: layer widths to choose from (None: METHOD.md's list for the stage's resolution).
+    final_samples: when set, the final training runs as many epochs as it takes to show this
+        many samples, if that is more than final_epochs: a grid with a smaller mask gets more
+        epochs in the same time.
     """
 
     min_layers: int = 1
@@ -143,6 +146,7 @@ class StageSearchConfig:
     hyperband: HyperbandConfig = field(default_factory=HyperbandConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     final_epochs: int = 250
+    final_samples: int | None = None
 
     def check(self):
         _require_int(self, "min_layers", 1)
@@ -153,6 +157,19 @@ class StageSearchConfig:
         _require(len(self.activations) > 0 and set(self.activations) <= set(ACTIVATIONS),
                  "activations", f"must be a non-empty list from {', '.join(ACTIVATIONS)}")
         _require_int(self, "final_epochs", 1)
+        if self.final_samples is not None:
+            _require_int(self, "final_samples", 1)
+
+    def final_epochs_for(self, samples_per_epoch):
+        """Epochs of the final training when one epoch shows ``samples_per_epoch`` samples.
+
+        Example:
+            >>> StageSearchConfig(final_epochs=60, final_samples=10**8).final_epochs_for(10**6)
+            100
+        """
+        if self.final_samples is None:
+            return self.final_epochs
+        return max(self.final_epochs, -(-self.final_samples // samples_per_epoch))
 
     def widths_at(self, resolution):
         return list(self.widths) if self.widths is not None else list(widths_for(resolution))
@@ -421,5 +438,6 @@ def describe(config: SearchConfig):
         at = config.coarse_resolution if name == "coarse" else config.resolution
         stages.append(f"{name} {s.min_layers}-{s.max_layers} layers of "
                       f"{','.join(map(str, s.widths_at(at)))}, Hyperband {s.hyperband.max_epochs} "
-                      f"epochs, filter {s.filter.top} x {s.filter.epochs}, final {s.final_epochs}")
+                      f"epochs, filter {s.filter.top} x {s.filter.epochs}, final {s.final_epochs}"
+                      + ("" if s.final_samples is None else f" or {s.final_samples:,} samples"))
     return f"search at {config.resolution}^3: " + "; ".join(stages)

@@ -9,7 +9,8 @@ Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse
    the best by the stage's objective). The fine stage is searched inside the mask of the
    chosen coarse network;
 3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
-   weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``.
+   weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``
+   (or the epochs that show ``final_samples`` samples, when more).
 
 Run directory (DIR = --out)::
 
@@ -313,11 +314,11 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
         tmp.write_text(json.dumps(search_record(config, voxels), indent=2))
     started = time.monotonic()
     coarse_settings = train_config(config)
-    coarse = search_stage("coarse", coarse_stage_data(voxels, coarse_settings), config, run_dir,
-                          verbose, distribution_strategy)
+    coarse_data = coarse_stage_data(voxels, coarse_settings)
+    coarse = search_stage("coarse", coarse_data, config, run_dir, verbose, distribution_strategy)
     coarse_model = coarse.model if coarse else wait_for_choice(run_dir, "coarse")
-    fine = search_stage("fine", fine_stage_data(voxels, coarse_model, coarse_settings), config,
-                        run_dir, verbose, distribution_strategy,
+    fine_data = fine_stage_data(voxels, coarse_model, coarse_settings)
+    fine = search_stage("fine", fine_data, config, run_dir, verbose, distribution_strategy,
                         other_spaces=[coarse.space] if coarse else [])
     if fine is None:  # a distributed worker: the chief filters and trains the final networks
         return None
@@ -325,8 +326,8 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
 
     phase(verbose, f"final training: coarse {coarse.arch}, fine {fine.arch}")
     final = train_config(config, fine.encoding, coarse.arch, fine.arch, verbose=verbose,
-                         epochs_coarse=config.coarse.final_epochs,
-                         epochs_fine=config.fine.final_epochs)
+                         epochs_coarse=config.coarse.final_epochs_for(coarse_data.samples),
+                         epochs_fine=config.fine.final_epochs_for(fine_data.samples))
     # The final training continues from the filter's weights (the chosen models).
     results = train_hierarchy(voxels, final, run_dir / MODEL_DIR,
                               start={"coarse": coarse.model, "fine": fine.model})

@@ -28,7 +28,7 @@ from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import occupancy_grid
 from vox_tf.metrics import grid_metrics
 from vox_tf.run_layout import BACKUP_DIR
-from vox_tf.sampling import coarse_dataset, coarse_grid, fine_dataset, upsample_mask
+from vox_tf.sampling import coarse_grid, coarse_samples, fine_samples, upsample_mask
 from vox_tf.train_config import TrainConfig
 from vox_tf.training_callbacks import (EpochProgress, GridEvaluation, PeriodicBackup, RelativePlateau,
                                        cosine_decay)
@@ -52,6 +52,7 @@ class StageData:
         mask: bool [R, R, R] where the network is evaluated (None: everywhere); empty outside.
         focus: the vox_tf.error_focus.ErrorFocus that ``dataset`` draws from, if any; each
             grid evaluation of train_stage updates it.
+        samples: samples per epoch of ``dataset`` (None when unknown).
     """
 
     name: str
@@ -60,6 +61,7 @@ class StageData:
     target: np.ndarray
     mask: np.ndarray | None = None
     focus: ErrorFocus | None = None
+    samples: int | None = None
 
     def reconstruct(self, model):
         """bool [R, R, R] the model's reconstruction under this stage's mask rule."""
@@ -77,10 +79,10 @@ class StageData:
 
 def coarse_stage_data(voxels: VoxelGrid, config: TrainConfig):
     """Stage 1: every voxel of the max-pooled Rc^3 grid, boundary voxels repeated."""
+    samples = coarse_samples(voxels, config.coarse_resolution)
     return StageData("coarse", config.coarse_resolution,
-                     coarse_dataset(voxels, batch_size=config.batch_size,
-                                    coarse_resolution=config.coarse_resolution, seed=config.seed),
-                     coarse_grid(voxels, config.coarse_resolution))
+                     samples.dataset(config.batch_size, config.seed),
+                     coarse_grid(voxels, config.coarse_resolution), samples=len(samples))
 
 
 def fine_stage_data(voxels: VoxelGrid, coarse_model, config: TrainConfig):
@@ -91,10 +93,9 @@ def fine_stage_data(voxels: VoxelGrid, coarse_model, config: TrainConfig):
                          "nothing to learn: train the coarse stage longer or wider")
     target = voxels.dense()
     focus = ErrorFocus(config.focus, target, mask) if config.focus else None
-    return StageData("fine", voxels.resolution,
-                     fine_dataset(voxels, mask, batch_size=config.batch_size, seed=config.seed,
-                                  focus=focus),
-                     target, mask, focus)
+    samples = fine_samples(voxels, mask)
+    return StageData("fine", voxels.resolution, samples.dataset(config.batch_size, config.seed, focus),
+                     target, mask, focus, len(samples))
 
 
 def compile_for_training(model, config: TrainConfig):
