@@ -63,7 +63,8 @@ def machine_peak_gflops():
     flags = field.get("Flags", "")
     zen4 = field.get("Vendor ID") == "AuthenticAMD" and field.get("CPU family") == "25"
     if "avx512f" in flags:
-        per_cycle, units = (32, "AVX-512 on 256-bit units (Zen 4)") if zen4 else (64, "AVX-512 FMA units")
+        per_cycle, units = ((32, "AVX-512 on 256-bit units (Zen 4)") if zen4
+                            else (64, "AVX-512 FMA units"))
     elif "fma" in flags:
         per_cycle, units = 32, "AVX2 FMA units"
     else:
@@ -76,8 +77,8 @@ def training_run(arch, jit, steps_per_execution):
     """A compiled, warmed-up model and its cached batches: ``run(steps)`` trains that many steps."""
     keras.utils.set_random_seed(0)
     model = build_occupancy_model(arch)
-    model.compile(keras.optimizers.Adam(1e-3, weight_decay=1e-5), "binary_crossentropy", jit_compile=jit,
-                  steps_per_execution=steps_per_execution)
+    model.compile(keras.optimizers.Adam(1e-3, weight_decay=1e-5), "binary_crossentropy",
+                  jit_compile=jit, steps_per_execution=steps_per_execution)
     rng = np.random.default_rng(0)
     points = rng.uniform(-1, 1, (TRAIN_BATCH * 16, 3)).astype(np.float32)
     labels = (np.linalg.norm(points, axis=1, keepdims=True) < 0.6).astype(np.float32)
@@ -137,14 +138,15 @@ def main(argv=None):
         train = args.steps * TRAIN_BATCH / wall
         median = args.steps * TRAIN_BATCH / float(np.median([w for w, _ in times]))
         train_gflops = train * 3 * flops / 1e9
-        print(f"jit_compile={str(jit):5}  steps per call {steps:2}  training {train:>10,.0f} samples/s "
-              f"{train_gflops:6.1f} GFLOP/s ({100 * train_gflops / peak:4.1f} % of peak), user+system "
-              f"{cpu / wall:.2f}x wall   (best of {len(times)} rounds; median {median:,.0f} samples/s)")
+        print(f"jit_compile={str(jit):5}  steps per call {steps:2}  training {train:>10,.0f} "
+              f"samples/s {train_gflops:6.1f} GFLOP/s ({100 * train_gflops / peak:4.1f} % of peak), "
+              f"user+system {cpu / wall:.2f}x wall   (best of {len(times)} rounds; median "
+              f"{median:,.0f} samples/s)")
     for jit in (False, True):
         infer = inference_rate(args.arch, jit, args.batches)
         infer_gflops = infer * flops / 1e9
-        print(f"jit_compile={str(jit):5}  inference {infer:>11,.0f} points/s  {infer_gflops:6.1f} GFLOP/s "
-              f"({100 * infer_gflops / peak:4.1f} % of peak)")
+        print(f"jit_compile={str(jit):5}  inference {infer:>11,.0f} points/s  "
+              f"{infer_gflops:6.1f} GFLOP/s ({100 * infer_gflops / peak:4.1f} % of peak)")
 
 
 if __name__ == "__main__":

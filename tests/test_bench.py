@@ -69,8 +69,9 @@ def test_train_speed_bench_prints_rates_with_and_without_xla_and_grouped_steps()
     assert re.search(r"^machine peak \d+ GFLOP/s", out, re.M)
     for jit in ("False", "True "):
         for steps in sorted({1, STEPS_PER_EXECUTION}):
-            assert re.search(rf"^jit_compile={jit}\s+steps per call\s+{steps}\s+training\s+{NUMBER} "
-                             rf"samples/s .* % of peak\), user\+system {NUMBER}x wall", out, re.M), out
+            assert re.search(rf"^jit_compile={jit}\s+steps per call\s+{steps}\s+training\s+"
+                             rf"{NUMBER} samples/s .* % of peak\), user\+system {NUMBER}x wall",
+                             out, re.M), out
         assert re.search(rf"^jit_compile={jit}\s+inference\s+{NUMBER} points/s .* % of peak\)$",
                          out, re.M), out
 

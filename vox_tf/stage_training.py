@@ -94,8 +94,9 @@ def fine_stage_data(voxels: VoxelGrid, coarse_model, config: TrainConfig):
     target = voxels.dense()
     focus = ErrorFocus(config.focus, target, mask) if config.focus else None
     samples = fine_samples(voxels, mask)
-    return StageData("fine", voxels.resolution, samples.dataset(config.batch_size, config.seed, focus),
-                     target, mask, focus, len(samples))
+    return StageData("fine", voxels.resolution,
+                     samples.dataset(config.batch_size, config.seed, focus), target, mask, focus,
+                     len(samples))
 
 
 def compile_for_training(model, config: TrainConfig):
