@@ -117,9 +117,15 @@ def finished_trials(tuner):
 
 
 def completed_candidates(tuner):
-    """Each distinct (architecture, encoding) of the finished trials at its best score, best first."""
+    """Each distinct (architecture, encoding) of the finished trials at its best score, best first.
+
+    Equal scores are common (nets that predict nothing score alike, and so do equal widths
+    with other activations): they go in trial order, so that a resumed search, whose tuner
+    reloads its trials in another order, ranks them as the first run did and reuses its
+    filter retrainings.
+    """
     best = {}
-    for trial in tuner.oracle.trials.values():
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         if trial.status != keras_tuner.engine.trial.TrialStatus.COMPLETED or trial.score is None:
             continue
         values = trial.hyperparameters.values
@@ -132,7 +138,7 @@ def completed_candidates(tuner):
                               int(metrics.get_best_value("params")), trial.trial_id)
         if key not in best or candidate.score > best[key].score:
             best[key] = candidate
-    return sorted(best.values(), key=lambda c: -c.score)
+    return sorted(best.values(), key=lambda c: (-c.score, c.trial_id))
 
 
 def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, verbose):

@@ -101,9 +101,11 @@ def fine_stage_data(voxels: VoxelGrid, coarse_model, config: TrainConfig):
 
 def compile_for_training(model, config: TrainConfig):
     """Adam (decoupled weight decay), binary cross-entropy, XLA per config.jit_compile."""
+    # Keras 3.15's multi-step loop fails to trace under a MirroredStrategy (--mirrored).
+    steps = 1 if tf.distribute.has_strategy() else STEPS_PER_EXECUTION
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, weight_decay=config.weight_decay),
                   loss=keras.losses.BinaryCrossentropy(), jit_compile=config.jit_compile,
-                  steps_per_execution=STEPS_PER_EXECUTION)
+                  steps_per_execution=steps)
     return model
 
 
