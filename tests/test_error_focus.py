@@ -5,7 +5,7 @@ import pytest
 
 from tests.test_sampling import block_grid, epoch_counts
 from vox_tf.error_focus import ErrorFocus
-from vox_tf.sampling import fine_dataset
+from vox_tf.sampling import fine_samples
 
 
 def focus_setup(fraction=0.5):
@@ -33,8 +33,8 @@ def test_focus_set_is_the_wrong_voxels_and_their_neighbours_inside_the_mask():
 
 def test_focused_epoch_keeps_its_length_and_draws_its_share_from_the_focus_set():
     voxels, mask, focus = focus_setup(0.5)
-    plain = fine_dataset(voxels, mask, batch_size=500, seed=1)
-    focused = fine_dataset(voxels, mask, batch_size=500, seed=1, focus=focus)
+    plain = fine_samples(voxels, mask).dataset(batch_size=500, seed=1)
+    focused = fine_samples(voxels, mask).dataset(batch_size=500, seed=1, focus=focus)
     plain_seen, _, plain_order = epoch_counts(plain, 16)
     # Before any evaluation a focused dataset gives the plain epochs.
     seen, _, order = epoch_counts(focused, 16)

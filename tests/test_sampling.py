@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from vox_tf.grid import VoxelGrid, indices_from_dense, points_to_indices, voxel_centers
-from vox_tf.sampling import (as_voxel_grid, coarse_dataset, coarse_grid, coarse_samples,
-                             fine_dataset, fine_samples, grid_points, upsample_mask)
+from vox_tf.sampling import (as_voxel_grid, coarse_grid, coarse_samples, fine_samples, grid_points,
+                             upsample_mask)
 
 
 def block_grid(resolution, lo, hi):
@@ -40,7 +40,7 @@ def test_coarse_counts_follow_method_formula():
         "repeated": boundary, "once": rest, "repeats": repeats,
         "samples": rest + repeats * boundary}
 
-    seen, labels, _ = epoch_counts(coarse_dataset(voxels, batch_size=8192, seed=0), 32)
+    seen, labels, _ = epoch_counts(coarse_samples(voxels).dataset(batch_size=8192, seed=0), 32)
     assert len(seen) == 32**3  # every coarse voxel
     assert sum(seen.values()) == rest + repeats * boundary
     assert seen[(10, 10, 10)] == repeats and seen[(9, 9, 9)] == repeats  # inner, outer
@@ -88,7 +88,7 @@ def test_fine_counts_follow_method_formula_and_cover_the_mask():
         "repeated": support, "once": rest, "repeats": repeats,
         "samples": rest + repeats * support}
 
-    seen, labels, _ = epoch_counts(fine_dataset(voxels, mask, batch_size=1000, seed=3), 16)
+    seen, labels, _ = epoch_counts(fine_samples(voxels, mask).dataset(batch_size=1000, seed=3), 16)
     assert set(map(tuple, np.argwhere(mask))) <= set(seen)
     assert sum(seen.values()) == rest + repeats * support
     assert seen[(7, 9, 9)] == repeats and seen[(5, 5, 5)] == repeats  # kernel, its boundary
@@ -99,18 +99,19 @@ def test_fine_counts_follow_method_formula_and_cover_the_mask():
 
 
 def test_reshuffling_changes_order_not_content():
-    dataset = coarse_dataset(block_grid(32, 4, 20), batch_size=4096, seed=7)
+    dataset = coarse_samples(block_grid(32, 4, 20)).dataset(batch_size=4096, seed=7)
     first, _, first_order = epoch_counts(dataset, 32)
     second, _, second_order = epoch_counts(dataset, 32)
     assert first == second
     assert first_order != second_order
     # The same seed gives the same sequence of epochs.
-    _, _, again = epoch_counts(coarse_dataset(block_grid(32, 4, 20), batch_size=4096, seed=7), 32)
+    again_dataset = coarse_samples(block_grid(32, 4, 20)).dataset(batch_size=4096, seed=7)
+    _, _, again = epoch_counts(again_dataset, 32)
     assert again == first_order
 
 
 def test_batches_have_the_shapes_keras_expects():
-    dataset = coarse_dataset(block_grid(32, 4, 20), batch_size=1000)
+    dataset = coarse_samples(block_grid(32, 4, 20)).dataset(batch_size=1000)
     points_spec, labels_spec = dataset.element_spec
     assert points_spec.dtype == tf.float32 and points_spec.shape.as_list() == [None, 3]
     assert labels_spec.dtype == tf.float32 and labels_spec.shape.as_list() == [None, 1]

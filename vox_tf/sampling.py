@@ -251,28 +251,6 @@ def fine_samples(voxels, mask):
     return SampleSet.balanced(resolution, occupancy, support, rest)
 
 
-def coarse_dataset(voxels, batch_size=TRAIN_BATCH_SIZE, coarse_resolution=COARSE_RESOLUTION,
-                   seed=None):
-    """Coarse-stage training batches (points float32 [B, 3], labels float32 [B, 1]).
-
-    Example:
-        >>> points, labels = next(iter(coarse_dataset("bunny_256.npz")))
-    """
-    return coarse_samples(voxels, coarse_resolution).dataset(batch_size, seed)
-
-
-def fine_dataset(voxels, mask, batch_size=TRAIN_BATCH_SIZE, seed=None, focus=None):
-    """Fine-stage training batches (points float32 [B, 3], labels float32 [B, 1]) inside ``mask``;
-    ``focus``: an optional vox_tf.error_focus.ErrorFocus.
-
-    Example:
-        >>> voxels = VoxelGrid.load("bunny_256.npz")
-        >>> mask = upsample_mask(coarse_grid(voxels), 256)
-        >>> points, labels = next(iter(fine_dataset(voxels, mask)))
-    """
-    return fine_samples(voxels, mask).dataset(batch_size, seed, focus)
-
-
 def grid_points(resolution, mask=None, batch_size=EVAL_BATCH_SIZE):
     """Every voxel centre of the mask (or of the whole grid) once, in index order, in batches.
 
