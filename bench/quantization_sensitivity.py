@@ -5,9 +5,10 @@
 
 For a trained run (training or search run directory, its voxels.npz as ground truth) and each
 ``--bits``: the wrong voxels of the reconstruction when only one weight tensor is quantized
-(uniform levels, one scale per output channel, no fine-tuning), for every tensor of both
-networks; then every tensor at ``--bits`` alike, and every tensor at the bits a packed file
-gives it (vox_tf.quantization.weight_bits). The fine network's unread tri-plane nodes are
+(uniform levels, one scale per output channel, no fine-tuning), for every tensor of the fine
+network (a packed file keeps the coarse stage as its grid, unquantized); then every tensor at
+``--bits`` alike, and every tensor at the bits a packed file gives it
+(vox_tf.quantization.weight_bits). The fine network's unread tri-plane nodes are
 zeroed first, as the packer does. This is how PLANE_EXTRA_BITS and INPUT_LAYER_EXTRA_BITS of
 vox_tf.quantization were measured.
 """
@@ -34,34 +35,30 @@ def sensitivity_rows(run_dir, bits_list):
     directory = model_dir(run_dir)
     truth = ground_truth(directory).dense()
     reconstructor = HierarchicalReconstructor.load(directory)
-    originals = {"coarse": reconstructor.coarse.get_weights(),
-                 "fine": fine_weights_as_packed(reconstructor)}
-    reconstructor.fine.set_weights(originals["fine"])
+    model = reconstructor.fine
+    arrays = fine_weights_as_packed(reconstructor)
 
-    def wrong_voxels(stage, arrays):
-        getattr(reconstructor, stage).set_weights(arrays)
+    def wrong_voxels(changed):
+        model.set_weights(changed)
         wrong = grid_metrics(reconstructor.predict_grid(), truth, with_chamfer=False)["wrong_voxels"]
-        getattr(reconstructor, stage).set_weights(originals[stage])
+        model.set_weights(arrays)
         return wrong
 
-    float_wrong = wrong_voxels("fine", originals["fine"])
+    float_wrong = wrong_voxels(arrays)
     yield "float32", {bits: float_wrong for bits in bits_list}
-    for stage in ("coarse", "fine"):
-        model, arrays = getattr(reconstructor, stage), originals[stage]
-        for index, weight in enumerate(model.weights):
-            row = {}
-            for bits in bits_list:
-                changed = list(arrays)
-                changed[index] = quantize(arrays[index], bits).dequantize()
-                row[bits] = wrong_voxels(stage, changed)
-            yield f"{stage} {weight.path} {tuple(weight.shape)}", row
-        yield f"{stage}: every tensor at --bits", {
-            bits: wrong_voxels(stage, [quantize(a, bits).dequantize() for a in arrays])
-            for bits in bits_list}
-        yield f"{stage}: every tensor at a file's bits", {
-            bits: wrong_voxels(stage, [quantize(a, b).dequantize() for a, b in
-                                       zip(arrays, weight_bits(model, bits))])
-            for bits in bits_list}
+    for index, weight in enumerate(model.weights):
+        row = {}
+        for bits in bits_list:
+            changed = list(arrays)
+            changed[index] = quantize(arrays[index], bits).dequantize()
+            row[bits] = wrong_voxels(changed)
+        yield f"{weight.path} {tuple(weight.shape)}", row
+    yield "every tensor at --bits", {
+        bits: wrong_voxels([quantize(a, bits).dequantize() for a in arrays]) for bits in bits_list}
+    yield "every tensor at a file's bits", {
+        bits: wrong_voxels([quantize(a, b).dequantize() for a, b in
+                            zip(arrays, weight_bits(model, bits))])
+        for bits in bits_list}
 
 
 def main(argv=None):

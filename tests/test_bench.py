@@ -95,6 +95,6 @@ def test_fine_convergence_bench_prints_wrong_voxels_per_variant():
 def test_quantization_sensitivity_bench_prints_a_row_per_tensor():
     out = run_smoke("quantization_sensitivity.py")
     assert re.search(rf"^float32\s+{NUMBER}\s+{NUMBER}$", out, re.M), out
-    for tensor in ("fine triplane/planes", "fine hidden_0/kernel", "coarse occupancy/bias"):
+    for tensor in ("triplane/planes", "hidden_0/kernel", "occupancy/bias"):
         assert re.search(rf"^{re.escape(tensor)} \(.*\)\s+{NUMBER}\s+{NUMBER}$", out, re.M), out
-    assert re.search(rf"^fine: every tensor at a file's bits\s+{NUMBER}\s+{NUMBER}$", out, re.M), out
+    assert re.search(rf"^every tensor at a file's bits\s+{NUMBER}\s+{NUMBER}$", out, re.M), out

@@ -106,15 +106,34 @@ def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed)
     assert steps > quantization.max_level(4)
 
 
-def test_format_version_1_files_still_decode():
-    """tests/data/format_v1.vxz was written by vox_tf's format version 1 (square-law tri-planes
-    at the file's bits); beside it, the weights and grid that version's decoder rebuilt."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_format_versions_still_decode(version):
+    """tests/data/format_v<version>.vxz was written by that format version (1: square-law
+    tri-planes at the file's bits; 2: planes and first kernel at more bits; both hold the
+    coarse net's weights); beside it, the weights and grid that version's decoder rebuilt."""
     data = ROOT / "tests" / "data"
-    model = vox_tf.load(data / "format_v1.vxz")
-    with np.load(data / "format_v1_weights.npz") as then:
+    model = vox_tf.load(data / f"format_v{version}.vxz")
+    assert not model.coarse_is_grid
+    with np.load(data / f"format_v{version}_weights.npz") as then:
         weights = [np.asarray(w) for w in model.coarse.weights + model.fine.weights]
         assert all(np.array_equal(w, then[f"w{i}"]) for i, w in enumerate(weights))
         assert np.array_equal(np.argwhere(model.predict_grid()), then["grid"])
+
+
+def test_the_coarse_stage_is_stored_as_the_float_coarse_nets_grid(run, packed):
+    run_dir, _, _ = run
+    float_model = vox_tf.load(run_dir)
+    for name in ("8", "4", "4-lossless"):
+        model = vox_tf.load(packed[name])
+        assert model.coarse_is_grid and model.params_coarse == 0
+        # the mask is the trained coarse net's, whatever the file's bits
+        assert np.array_equal(model.coarse_grid(), float_model.coarse_grid())
+    # and it costs less than the coarse net would at the fewest bits
+    _, sizes = packed_model.pack(float_model, 8)
+    assert 0 < sizes["coarse_grid"] < packed_model.network_bytes(float_model.coarse, 4) / 2
+    with pytest.raises(ValueError, match="stored grid"):
+        model.save(run_dir / "not_here")
+    assert not (run_dir / "not_here").exists()
 
 
 def test_packed_file_loads_with_the_reconstructor_api_and_8_bits_keep_the_iou(run, packed):
@@ -162,7 +181,7 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     assert "fine-tuning" not in packed["4-lossless stderr"]
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == [
         f"{name}_v{packed_model.VERSION}.npz"
-        for name in ("4bit_4ep_coarse", "4bit_4ep_fine", "8bit_2ep_coarse", "8bit_2ep_fine")]
+        for name in ("4bit_4ep_fine", "8bit_2ep_fine")]
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):
@@ -299,4 +318,8 @@ def test_search_objective_can_price_packed_bytes(run, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("fine:\n  objective: {kind: packed_reward, bits: 5}\n")
     with pytest.raises(vox_tf.MeshError, match="bits"):
+        search_config.load_config(bad)
+    # a packed file keeps the coarse stage as its grid: its network's bytes are no price
+    bad.write_text("coarse:\n  objective: {kind: packed_reward}\n")
+    with pytest.raises(vox_tf.MeshError, match="coarse.objective.kind: packed_reward"):
         search_config.load_config(bad)

@@ -80,7 +80,9 @@ class HierarchicalReconstructor:
     """A coarse and a fine occupancy network that together reconstruct one R^3 voxel model.
 
     Args:
-        coarse: keras.Model evaluated on the coarse_resolution^3 grid.
+        coarse: keras.Model evaluated on the coarse_resolution^3 grid, or that grid's
+            occupancy itself, bool [Rc, Rc, Rc] (a packed file's coarse stage: the stored
+            prediction of the trained coarse net, so the mask is the same).
         fine: keras.Model evaluated inside the coarse mask at ``resolution``.
         resolution: R of the fine grid, at least coarse_resolution.
         center, scale: the normalization of the source mesh (see vox_tf.grid.VoxelGrid).
@@ -109,8 +111,15 @@ class HierarchicalReconstructor:
         self.residual = None if residual is None else np.asarray(residual, np.int64)
         self._mask = None
 
+    @property
+    def coarse_is_grid(self):
+        """True when the coarse stage is a stored occupancy grid rather than a network."""
+        return isinstance(self.coarse, np.ndarray)
+
     def coarse_grid(self):
         """bool [Rc, Rc, Rc]: the coarse net's occupancy."""
+        if self.coarse_is_grid:
+            return self.coarse.copy()
         return occupancy_grid(self.coarse, self.coarse_resolution)
 
     def mask(self):
@@ -152,7 +161,8 @@ class HierarchicalReconstructor:
             raise ValueError(f"voxel indices must be within [0, {self.resolution})")
         # The coarse voxel holding each fine centre: upsample_mask's nearest rule.
         cells = (2 * indices + 1) * self.coarse_resolution // (2 * self.resolution)
-        inside = _predict(self.coarse, voxel_centers(cells, self.coarse_resolution))
+        inside = (self.coarse[cells[:, 0], cells[:, 1], cells[:, 2]] if self.coarse_is_grid
+                  else _predict(self.coarse, voxel_centers(cells, self.coarse_resolution)))
         answer = np.zeros(len(indices), bool)
         answer[inside] = _predict(self.fine, voxel_centers(indices[inside], self.resolution))
         if self.residual is not None:
@@ -167,7 +177,8 @@ class HierarchicalReconstructor:
 
     @property
     def params_coarse(self):
-        return parameter_count(self.coarse)
+        """The coarse net's parameters; 0 when the coarse stage is a stored grid."""
+        return 0 if self.coarse_is_grid else parameter_count(self.coarse)
 
     @property
     def params_fine(self):
@@ -185,6 +196,9 @@ class HierarchicalReconstructor:
 
     def save(self, directory):
         """Writes coarse.keras, fine.keras and metadata.json into ``directory`` (each atomically)."""
+        if self.coarse_is_grid:
+            raise ValueError("the coarse stage is a stored grid, not a network: a packed model "
+                             "is kept as its .vxz file")
         directory = Path(directory)
         for model, name in ((self.coarse, COARSE_FILE), (self.fine, FINE_FILE)):
             with atomic_output(directory / name) as tmp:

@@ -3,20 +3,20 @@
     python -m vox_tf.pack runs/bunny -o bunny.vxz --bits 4 --lossless
 
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
-RUN_DIR/model). The networks are quantized to --bits per output channel
+RUN_DIR/model). The fine network is quantized to --bits per output channel
 (vox_tf.quantization), fine-tuned with the quantizer in the loop for --finetune-epochs
-(default 10; none for a run without its voxels), and written with vox_tf.packed_model; --lossless adds the
-voxels they still get wrong (vox_tf.lossless) so the file decodes to exactly the input grid.
-The ground truth is the run's voxels.npz (or --voxel for runs older than it).
+(default 10; none for a run without its voxels), and written with vox_tf.packed_model beside
+the coarse net's occupancy grid; --lossless adds the voxels the file still gets wrong
+(vox_tf.lossless) so it decodes to exactly the input grid. The ground truth is the run's
+voxels.npz (or --voxel for runs older than it).
 
-Fine-tuning is kept in the run directory, one file per stage once it finishes::
+Fine-tuning is kept in the run directory once it finishes::
 
-    quantized/<bits>bit_<epochs>ep_coarse_v<format>.npz, ..._fine_v<format>.npz
+    quantized/<bits>bit_<epochs>ep_fine_v<format>.npz
 
-so packing again (say with --lossless) reuses it, and an interrupted pack resumes at the
-stage it was in. The file format's version is in the name because the quantizer is part
-of it: weights fine-tuned for another version's quantizer are not reused. Every figure
-printed is measured on the file as written, decoded back.
+so packing again (say with --lossless) reuses it. The file format's version is in the name
+because the quantizer is part of it: weights fine-tuned for another version's quantizer are
+not reused. Every figure printed is measured on the file as written, decoded back.
 """
 
 import argparse
@@ -76,11 +76,12 @@ def ground_truth(directory, voxel_path=None):
 
 
 def finetuned(directory, bits, epochs, voxels, learning_rate=FINETUNE_LR):
-    """The run's reconstructor with both networks quantized to ``bits``, fine-tuned ``epochs``.
+    """The run's reconstructor with its fine network quantized to ``bits``, fine-tuned
+    ``epochs`` in the float32 coarse net's mask (the one the file stores).
 
-    Each stage's result is cached in DIR/quantized/ (atomically) and reused.
+    The result is cached in DIR/quantized/ (atomically) and reused.
     """
-    from vox_tf.stage_training import coarse_stage_data, fine_stage_data
+    from vox_tf.stage_training import fine_stage_data
     from vox_tf.train_config import TrainConfig
 
     directory = Path(directory)
@@ -91,20 +92,16 @@ def finetuned(directory, bits, epochs, voxels, learning_rate=FINETUNE_LR):
         raise MeshError(voxels.source, f"resolution {voxels.resolution} is not the model's "
                                        f"{reconstructor.resolution}")
     config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
-    stages = (("coarse", lambda: coarse_stage_data(voxels, config)),
-              ("fine", lambda: fine_stage_data(voxels, reconstructor.coarse, config)))
-    for stage, data in stages:
-        model = getattr(reconstructor, stage)
-        cache = (directory / QUANTIZED_DIR
-                 / f"{bits}bit_{epochs}ep_{stage}_v{packed_model.VERSION}.npz")
-        if cache.exists():
-            with np.load(cache) as saved:
-                model.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
-            continue
-        print(f"{stage} stage: {epochs} epochs of {bits}-bit fine-tuning", file=sys.stderr)
-        finetune_quantized(model, data(), bits, epochs, learning_rate)
-        with atomic_output(cache) as tmp:
-            np.savez(tmp, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    cache = directory / QUANTIZED_DIR / f"{bits}bit_{epochs}ep_fine_v{packed_model.VERSION}.npz"
+    if cache.exists():
+        with np.load(cache) as saved:
+            reconstructor.fine.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
+        return reconstructor
+    print(f"fine stage: {epochs} epochs of {bits}-bit fine-tuning", file=sys.stderr)
+    finetune_quantized(reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config),
+                       bits, epochs, learning_rate)
+    with atomic_output(cache) as tmp:
+        np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})
     return reconstructor
 
 
@@ -115,7 +112,7 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         run_dir: training or search run directory.
         bits: 8, 6 or 4.
         lossless_mode: add the residual so the file decodes to the input grid exactly.
-        finetune_epochs: quantization-aware epochs per stage (None: FINETUNE_EPOCHS, or 0
+        finetune_epochs: quantization-aware epochs of the fine net (None: FINETUNE_EPOCHS, or 0
             when the run has no voxels.npz and no voxel_path is given).
         voxel_path: the input grid, for runs without voxels.npz.
     Returns:
@@ -179,7 +176,7 @@ def _parser():
     p.add_argument("--lossless", action="store_true",
                    help="add the wrong voxels: the file decodes to exactly the input grid")
     p.add_argument("--finetune-epochs", type=int, default=None,
-                   help=f"quantization-aware epochs per stage (default {FINETUNE_EPOCHS}; "
+                   help=f"quantization-aware epochs of the fine net (default {FINETUNE_EPOCHS}; "
                         "0: quantize only)")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p

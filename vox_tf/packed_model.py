@@ -1,4 +1,4 @@
-"""The packed model file (.vxz): both networks at k bits, entropy-coded, in one small file.
+"""The packed model file (.vxz): the coarse mask and the k-bit fine net, in one small file.
 
 Layout (little-endian)::
 
@@ -6,18 +6,25 @@ Layout (little-endian)::
     payload:
         grid     resolution u16, coarse resolution u16, bits u8, lossless u8,
                  center 3 x f64, scale f64
-        2 nets   (coarse, fine) positional levels u8 (255: none), tri-plane resolution u16
-                 (0: none), tri-plane channels u8, layers u8, then per layer units u16 and
-                 activation u8 (index in vox_tf.models.ACTIVATIONS)
-        weights  length u32, then the per-channel float16 scales of every tensor (both
-                 nets, model.weights order) and the coded levels (:func:`encode_levels`),
-                 each tensor at its vox_tf.quantization.weight_bits for the file's ``bits``
+        coarse   length u32, then the coarse net's occupancy on the Rc^3 grid, bit-packed
+                 (np.packbits, index order) and LZMA2-compressed
+        fine net positional levels u8 (255: none), tri-plane resolution u16 (0: none),
+                 tri-plane channels u8, layers u8, then per layer units u16 and activation
+                 u8 (index in vox_tf.models.ACTIVATIONS)
+        weights  length u32, then the per-channel float16 scales of every fine tensor
+                 (model.weights order) and the coded levels (:func:`encode_levels`), each
+                 tensor at its vox_tf.quantization.weight_bits for the file's ``bits``
         residual (lossless only) coding u8, grid digest 8 bytes, length u32, bytes
                  (vox_tf.lossless)
 
-Version 1 (still read) held every tensor at ``bits``, the tri-planes with square-law levels.
+The coarse stage is stored as what it computes, not as the network: the coarse net is only
+ever asked on the Rc^3 grid, and its prediction there costs 190-610 bytes on the eight
+256^3 seed grids where the net takes 1,077-2,665 at 4 bits (10-20 % of a 4-bit file);
+the mask is the float32 coarse net's, so no coarse error is added. Versions 1 and 2 (still
+read) held the coarse net's weights beside the fine net's (``nets`` records for both);
+version 1 also held every tensor at ``bits``, the tri-planes with square-law levels.
 
-The architecture is those few bytes: the decoder rebuilds each network with
+The fine net's architecture is those few bytes: the decoder rebuilds it with
 vox_tf.models.build_occupancy_model, which fixes every tensor's shape, and sets the
 dequantized weights. Each tensor's levels are coded either with constriction's ANS coder
 under a quantized Laplace model (its scale b stored as float16) or with raw LZMA2, whichever
@@ -44,12 +51,13 @@ from vox_tf.quantization import (QuantizedTensor, max_level, quantize, quantize_
                                  weight_bits)
 
 MAGIC = b"VXZ\0"
-VERSION = 2
+VERSION = 3
 SUFFIX = ".vxz"
 _PREAMBLE = struct.Struct("<4sBII")
 _GRID = struct.Struct("<HHBB3dd")
 _NET = struct.Struct("<BHBB")
 _LAYER = struct.Struct("<HB")
+_LENGTH = struct.Struct("<I")
 NO_POSITIONAL = 255
 ANS, LZMA = 0, 1
 CODER_NAMES = {ANS: "ans", LZMA: "lzma"}
@@ -195,25 +203,46 @@ def pack(reconstructor, bits, residual=None):
         bits: 8, 6 or 4.
         residual: optional (method, bytes, digest) of vox_tf.lossless for a lossless file.
     Returns:
-        (bytes, dict of sizes: total, weights_ans, weights_lzma, scales, header, residual).
+        (bytes, dict of sizes: total, coarse_grid, residual, the fine weights coded each
+        way (weights_ans, weights_lzma, weights_mixed, scales included) and the coder kept).
 
     Example:
         >>> data, sizes = pack(vox_tf.load("runs/bunny"), 8)
     """
-    nets = (reconstructor.coarse, reconstructor.fine)
-    arrays = ([np.asarray(w) for w in reconstructor.coarse.weights]
-              + fine_weights_as_packed(reconstructor))
-    tensor_bits = weight_bits(reconstructor.coarse, bits) + weight_bits(reconstructor.fine, bits)
-    weights, sizes = _weights_section([quantize(w, b) for w, b in zip(arrays, tensor_bits)])
+    coarse = coarse_grid_bytes(reconstructor.coarse_grid())
+    fine = reconstructor.fine
+    weights, sizes = _weights_section([quantize(w, b) for w, b in
+                                       zip(fine_weights_as_packed(reconstructor),
+                                           weight_bits(fine, bits))])
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,
                           residual is not None, *reconstructor.center, reconstructor.scale)
-               + b"".join(_net_record(net) for net in nets)
-               + struct.pack("<I", len(weights)) + weights)
+               + _LENGTH.pack(len(coarse)) + coarse + _net_record(fine)
+               + _LENGTH.pack(len(weights)) + weights)
     if residual is not None:
         method, data, digest = residual
         payload += struct.pack("<B8sI", method, digest, len(data)) + data
     blob = _PREAMBLE.pack(MAGIC, VERSION, len(payload), zlib.crc32(payload)) + payload
-    return blob, {"total": len(blob), "residual": len(residual[1]) if residual else 0, **sizes}
+    return blob, {"total": len(blob), "coarse_grid": len(coarse),
+                  "residual": len(residual[1]) if residual else 0, **sizes}
+
+
+def coarse_grid_bytes(occupancy):
+    """bool [Rc, Rc, Rc] -> its bits (np.packbits, index order) as a raw LZMA2 stream.
+
+    Example:
+        >>> len(coarse_grid_bytes(np.zeros((32, 32, 32), bool)))  # 4,096 bytes of zeros
+        14
+    """
+    return lossless.compress(np.packbits(np.asarray(occupancy, bool)).tobytes())
+
+
+def coarse_grid_from_bytes(data, coarse_resolution):
+    """Inverse of :func:`coarse_grid_bytes`; ValueError when the bits are not Rc^3."""
+    bits = np.frombuffer(lossless.decompress(data), np.uint8)
+    cells = coarse_resolution ** 3
+    if len(bits) != (cells + 7) // 8:
+        raise ValueError(f"a coarse grid of {len(bits)} bytes for {coarse_resolution}^3 cells")
+    return np.unpackbits(bits, count=cells).astype(bool).reshape((coarse_resolution,) * 3)
 
 
 def fine_weights_as_packed(reconstructor):
@@ -253,8 +282,9 @@ def _weights_section(tensors):
 
 
 def network_bytes(model, bits):
-    """What one network adds to a .vxz file at ``bits``: its architecture record, scales and
-    coded levels (the search's packed_bytes objective prices a trial's network with it).
+    """What a fine network adds to a .vxz file at ``bits``: its architecture record, scales
+    and coded levels (the search's packed_reward objective prices a trial's network with it;
+    the coarse stage is stored as its grid, whatever its network).
 
     Example:
         >>> network_bytes(build_occupancy_model("16:relu", triplane=None), 8)
@@ -322,8 +352,14 @@ def read(path):
 def _decode(reader, version):
     resolution, coarse_resolution, bits, is_lossless, *rest = reader.unpack(_GRID)
     center, scale = rest[:3], rest[3]
-    nets = [_read_net(reader, name) for name in ("coarse", "fine")]
-    (length,) = reader.unpack(struct.Struct("<I"))
+    if version >= 3:
+        (length,) = reader.unpack(_LENGTH)
+        coarse = coarse_grid_from_bytes(reader.take(length), coarse_resolution)
+        nets = [_read_net(reader, "fine")]
+    else:
+        nets = [_read_net(reader, name) for name in ("coarse", "fine")]
+        coarse = nets[0]
+    (length,) = reader.unpack(_LENGTH)
     weights = reader.take(length)
     variables = [w for net in nets for w in net.weights]
     shapes = [tuple(w.shape) for w in variables]
@@ -337,7 +373,7 @@ def _decode(reader, version):
         power = 2 if version == 1 and level.ndim == 4 else 1  # version 1's square-law planes
         variable.assign(QuantizedTensor(level, channel_scales, level_bits, power).dequantize())
     metrics = {"bits": bits}
-    reconstructor = HierarchicalReconstructor(nets[0], nets[1], resolution, center, scale,
+    reconstructor = HierarchicalReconstructor(coarse, nets[-1], resolution, center, scale,
                                               coarse_resolution, "packed", metrics)
     if is_lossless:
         method, digest, length = reader.unpack(struct.Struct("<B8sI"))

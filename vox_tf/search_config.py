@@ -273,6 +273,9 @@ class SearchConfig:
         _require_int(self, "coarse_resolution", 1)
         _require(self.coarse_resolution <= self.resolution, "coarse_resolution",
                  f"must not exceed resolution ({self.resolution})")
+        _require(self.coarse.objective.kind != "packed_reward", "coarse.objective.kind",
+                 "packed_reward prices a network's bytes, and a packed file keeps the coarse "
+                 "stage as its occupancy grid, not its network: use reward")
         # Every entry is checked now, not when a grid of its resolution turns up.
         for key, overrides in self.by_resolution.items():
             where = f"{BY_RESOLUTION}.{key}"
