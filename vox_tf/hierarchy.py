@@ -142,7 +142,8 @@ class HierarchicalReconstructor:
     def occupancy(self, points_or_indices):
         """Random access: the occupancy of some voxels, without reconstructing the grid.
 
-        Costs one coarse and at most one fine network call per voxel asked.
+        Costs one coarse net call (a look-up when the coarse stage is a grid) and at most
+        one fine network call per voxel asked.
 
         Args:
             points_or_indices: int [N, 3] voxel indices, or float [N, 3] points in [-1, 1]
