@@ -7,8 +7,8 @@
 For each grid: its occupied voxels; lzma (preset 9 extreme) and bz2 (level 9) of the
 bit-packed grid; the G-PCC bytes of reference_results.csv when the grid is one of its rows;
 and, when ``--runs DIR`` holds a trained run ``DIR/<grid name>/`` (training or search run),
-the .vxz file of ``python -m vox_tf.pack`` at 8, 6 and 4 bits (fine-tuned) and
-the smallest lossless one, each as bytes, bits per occupied voxel (bpov) and IoU measured on
+the .vxz file of ``python -m vox_tf.pack`` at each ``--bits`` (default 8, 6, 5 and 4;
+fine-tuned) and the smallest lossless one, each as bytes, bits per occupied voxel (bpov) and IoU measured on
 the file decoded back. Grids without a run are listed at the end.
 """
 
@@ -24,7 +24,6 @@ import numpy as np
 from _common import parse_args
 
 SEEDGRIDS = Path(__file__).resolve().parents[2] / "shared" / "seedgrids"
-BITS = (8, 6, 4)
 
 
 def codec_bytes(grid):
@@ -43,15 +42,15 @@ def reference_gpcc(grids_dir):
         return {row["name"]: int(row["gpcc_bytes"]) for row in csv.DictReader(f)}
 
 
-def packed_figures(run_dir, voxels, finetune_epochs):
-    """{label: decoded-file figures} for 8/6/4 bits and the smallest lossless file."""
+def packed_figures(run_dir, voxels, finetune_epochs, bits_list):
+    """{label: decoded-file figures} at each of ``bits_list`` and the smallest lossless file."""
     from vox_tf import packed_model
     from vox_tf.pack import decoded_figures, pack_run
 
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         for lossless in (False, True):
-            for bits in BITS:
+            for bits in bits_list:
                 blob, _, _ = pack_run(run_dir, bits, lossless, finetune_epochs)
                 path = Path(tmp) / f"{bits}{'L' if lossless else ''}.vxz"
                 packed_model.write(path, blob)
@@ -86,12 +85,16 @@ def _cell(size, voxels):
 
 
 def main(argv=None):
+    from vox_tf.quantization import BITS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grids", type=Path, nargs="+", default=[SEEDGRIDS],
                         help="voxel .npz files or directories of them")
     parser.add_argument("--runs", type=Path, help="directory of trained runs, one per grid name")
     parser.add_argument("--finetune-epochs", type=int, default=10,
-                        help="quantization-aware epochs per stage")
+                        help="quantization-aware epochs of the fine net")
+    parser.add_argument("--bits", type=int, nargs="+", choices=BITS, default=list(BITS),
+                        help="bits of the files packed (the lossless column: the smallest of them)")
     args = parse_args(parser, {"finetune_epochs": 2}, argv)
 
     from vox_tf.grid import VoxelGrid
@@ -118,7 +121,7 @@ def main(argv=None):
                 missing.append(path.stem)
                 print(line)
                 continue
-            figures = packed_figures(run_dir, voxels, args.finetune_epochs)
+            figures = packed_figures(run_dir, voxels, args.finetune_epochs, args.bits)
             print(line + "  " + "  ".join(
                 f"{label}{' (' + str(f['bits']) + '-bit)' if label == 'lossless' else ''} "
                 f"{f['bytes']:,} {f['bpov']:.2f} {100 * f['iou']:.3f}"

@@ -316,7 +316,7 @@ def test_search_objective_can_price_packed_bytes(run, tmp_path):
     scored = search_space.scored_metrics(metrics, 1000, objective, size)
     assert scored["objective"] == pytest.approx(0.01 + (7553 - size) / 2e7)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("fine:\n  objective: {kind: packed_reward, bits: 5}\n")
+    bad.write_text("fine:\n  objective: {kind: packed_reward, bits: 3}\n")
     with pytest.raises(vox_tf.MeshError, match="bits"):
         search_config.load_config(bad)
     # a packed file keeps the coarse stage as its grid: its network's bytes are no price

@@ -110,7 +110,7 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
 
     Args:
         run_dir: training or search run directory.
-        bits: 8, 6 or 4.
+        bits: one of vox_tf.quantization.BITS.
         lossless_mode: add the residual so the file decodes to the input grid exactly.
         finetune_epochs: quantization-aware epochs of the fine net (None: FINETUNE_EPOCHS, or 0
             when the run has no voxels.npz and no voxel_path is given).

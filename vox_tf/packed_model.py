@@ -200,7 +200,7 @@ def pack(reconstructor, bits, residual=None):
         reconstructor: HierarchicalReconstructor whose networks hold the weights to quantize
             (already k-bit after fine-tuning: quantizing again leaves them unchanged, unless
             zeroing the fine net's unread tri-plane nodes narrows a channel's scale).
-        bits: 8, 6 or 4.
+        bits: one of vox_tf.quantization.BITS.
         residual: optional (method, bytes, digest) of vox_tf.lossless for a lossless file.
     Returns:
         (bytes, dict of sizes: total, coarse_grid, residual, the fine weights coded each
