@@ -11,8 +11,6 @@ Example:
 """
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from vox_tf.metrics import parameter_count
 from vox_tf.models import ACTIVATIONS
 from vox_tf.quantization import BITS
 from vox_tf.train_config import LR_SCHEDULES, TrainConfig
+from vox_tf.typed_config import (BadValue, from_dict, is_int, merged, require, require_int,
+                                 require_one_of)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "tuner_configs"
 """Where the shipped configs live inside the package (tuner_configs/ is installed there)."""
@@ -73,9 +73,9 @@ class ObjectiveConfig:
     bits: int = 8
 
     def check(self):
-        _require_one_of(self, "kind", OBJECTIVES)
-        _require(self.c > 0, "c", "must be > 0")
-        _require_one_of(self, "bits", BITS)
+        require_one_of(self, "kind", OBJECTIVES)
+        require(self.c > 0, "c", "must be > 0")
+        require_one_of(self, "bits", BITS)
 
     def size(self, model):
         """What the reward prices: packed bytes for "packed_reward", else parameters."""
@@ -102,9 +102,9 @@ class HyperbandConfig:
     iterations: int = 1
 
     def check(self):
-        _require_int(self, "max_epochs", 1)
-        _require_int(self, "factor", 2)
-        _require_int(self, "iterations", 1)
+        require_int(self, "max_epochs", 1)
+        require_int(self, "factor", 2)
+        require_int(self, "iterations", 1)
 
 
 @dataclass
@@ -122,10 +122,10 @@ class FilterConfig:
     choose: str = "accuracy"
 
     def check(self):
-        _require_int(self, "top", 1)
-        _require_int(self, "epochs", 1)
-        _require(self.tolerance >= 0, "tolerance", "must be >= 0")
-        _require_one_of(self, "choose", FILTER_CHOICES)
+        require_int(self, "top", 1)
+        require_int(self, "epochs", 1)
+        require(self.tolerance >= 0, "tolerance", "must be >= 0")
+        require_one_of(self, "choose", FILTER_CHOICES)
 
 
 @dataclass
@@ -149,16 +149,16 @@ class StageSearchConfig:
     final_samples: int | None = None
 
     def check(self):
-        _require_int(self, "min_layers", 1)
-        _require_int(self, "max_layers", self.min_layers)
+        require_int(self, "min_layers", 1)
+        require_int(self, "max_layers", self.min_layers)
         if self.widths is not None:
-            _require(len(self.widths) > 0 and all(_is_int(w) and w >= 1 for w in self.widths),
+            require(len(self.widths) > 0 and all(is_int(w) and w >= 1 for w in self.widths),
                      "widths", "must be a non-empty list of positive integers")
-        _require(len(self.activations) > 0 and set(self.activations) <= set(ACTIVATIONS),
+        require(len(self.activations) > 0 and set(self.activations) <= set(ACTIVATIONS),
                  "activations", f"must be a non-empty list from {', '.join(ACTIVATIONS)}")
-        _require_int(self, "final_epochs", 1)
+        require_int(self, "final_epochs", 1)
         if self.final_samples is not None:
-            _require_int(self, "final_samples", 1)
+            require_int(self, "final_samples", 1)
 
     def final_epochs_for(self, samples_per_epoch):
         """Epochs of the final training when one epoch shows ``samples_per_epoch`` samples.
@@ -194,7 +194,7 @@ class EncodingConfig:
         for name in ("positional_levels", "triplane_resolution", "triplane_channels"):
             values = self.choices(name)
             allow_none = name != "triplane_channels"
-            _require(len(values) > 0 and all((v is None and allow_none) or (_is_int(v) and v >= 0)
+            require(len(values) > 0 and all((v is None and allow_none) or (is_int(v) and v >= 0)
                                              for v in values),
                      name, "must be a non-negative integer" + (", null" if allow_none else "")
                      + " or a list of them")
@@ -238,14 +238,14 @@ class TrainingConfig:
 
     def check(self):
         for name in ("batch_size", "lr_patience", "eval_every"):
-            _require_int(self, name, 1)
-        _require(self.learning_rate > 0, "learning_rate", "must be > 0")
-        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _require_one_of(self, "lr_schedule", LR_SCHEDULES)
-        _require(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
-        _require(0 <= self.min_lr <= self.learning_rate, "min_lr",
+            require_int(self, name, 1)
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require_one_of(self, "lr_schedule", LR_SCHEDULES)
+        require(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
+        require(0 <= self.min_lr <= self.learning_rate, "min_lr",
                  f"must be in [0, learning_rate], got {self.min_lr!r}")
-        _require(0 <= self.focus < 1, "focus", f"must be in [0, 1), got {self.focus!r}")
+        require(0 <= self.focus < 1, "focus", f"must be in [0, 1), got {self.focus!r}")
 
     def train_settings(self):
         """The TrainConfig fields these settings give (every key but jit_compile_trials)."""
@@ -269,24 +269,24 @@ class SearchConfig:
     by_resolution: dict = field(default_factory=dict)
 
     def check(self):
-        _require_int(self, "resolution", 8)
-        _require_int(self, "coarse_resolution", 1)
-        _require(self.coarse_resolution <= self.resolution, "coarse_resolution",
+        require_int(self, "resolution", 8)
+        require_int(self, "coarse_resolution", 1)
+        require(self.coarse_resolution <= self.resolution, "coarse_resolution",
                  f"must not exceed resolution ({self.resolution})")
-        _require(self.coarse.objective.kind != "packed_reward", "coarse.objective.kind",
+        require(self.coarse.objective.kind != "packed_reward", "coarse.objective.kind",
                  "packed_reward prices a network's bytes, and a packed file keeps the coarse "
                  "stage as its occupancy grid, not its network: use reward")
         # Every entry is checked now, not when a grid of its resolution turns up.
         for key, overrides in self.by_resolution.items():
             where = f"{BY_RESOLUTION}.{key}"
-            _require(_is_int(key) and key >= 8, where, "keys must be grid resolutions (integers >= 8)")
-            _require(isinstance(overrides, dict) and "resolution" not in overrides
+            require(is_int(key) and key >= 8, where, "keys must be grid resolutions (integers >= 8)")
+            require(isinstance(overrides, dict) and "resolution" not in overrides
                      and BY_RESOLUTION not in overrides, where,
                      "must be a mapping of config keys other than resolution and by_resolution")
             try:
-                from_dict(SearchConfig, _merged({**self.to_dict(), BY_RESOLUTION: {}}, overrides))
+                from_dict(SearchConfig, merged({**self.to_dict(), BY_RESOLUTION: {}}, overrides))
             except ValueError as err:
-                raise _BadValue(f"{where}.{str(err).split(': ', 1)[0]}",
+                raise BadValue(f"{where}.{str(err).split(': ', 1)[0]}",
                                 str(err).split(": ", 1)[-1]) from None
 
     def for_resolution(self, resolution):
@@ -303,7 +303,7 @@ class SearchConfig:
         data = self.to_dict()
         applied = [r for r in self.by_resolution if r <= resolution]
         if applied:
-            data = _merged(data, self.by_resolution[max(applied)])
+            data = merged(data, self.by_resolution[max(applied)])
         return from_dict(SearchConfig, {**data, "resolution": int(resolution)})
 
     def stage(self, name):
@@ -311,96 +311,6 @@ class SearchConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-class _BadValue(ValueError):
-    def __init__(self, key, reason):
-        super().__init__(reason)
-        self.key = key
-
-
-def _require(condition, key, reason):
-    if not condition:
-        raise _BadValue(key, reason)
-
-
-def _require_one_of(obj, name, choices):
-    value = getattr(obj, name)
-    _require(value in choices, name,
-             f"must be one of {', '.join(map(str, choices))}, got {value!r}")
-
-
-def _require_int(obj, name, minimum):
-    value = getattr(obj, name)
-    _require(_is_int(value) and value >= minimum, name,
-             f"must be an integer >= {minimum}, got {value!r}")
-
-
-def _matches(value, annotation):
-    """Whether a YAML value fits a field's type annotation (int accepted where float is)."""
-    if annotation is typing.Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return _is_int(value)
-    if annotation in (list,) or origin is list:
-        return isinstance(value, list)
-    return isinstance(value, annotation)
-
-
-def from_dict(cls, data, prefix=""):
-    """Builds dataclass ``cls`` from a nested dict, checking keys, types and values.
-
-    Raises ValueError "KEY: reason" (dotted key path) on the first problem.
-
-    Every field must be given (see :func:`load_config` for defaults filled in).
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'the file'}: must be a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"{prefix}{unknown[0]}: unknown key; known keys here are "
-                         f"{', '.join(sorted(fields))}")
-    values = {}
-    for name, value in data.items():
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            values[name] = from_dict(annotation, value, f"{prefix}{name}.")
-        elif not _matches(value, annotation):
-            raise ValueError(f"{prefix}{name}: expected {_describe(annotation)}, got {value!r}")
-        else:
-            values[name] = value
-    obj = cls(**values)
-    if hasattr(obj, "check"):
-        try:
-            obj.check()
-        except _BadValue as err:
-            raise ValueError(f"{prefix}{err.key}: {err}") from None
-    return obj
-
-
-def _merged(defaults, overrides):
-    """``overrides`` laid over ``defaults``, mapping by mapping (unknown keys kept, for the check)."""
-    if not isinstance(defaults, dict) or not isinstance(overrides, dict):
-        return overrides
-    return {**defaults, **{k: _merged(defaults.get(k), v) for k, v in overrides.items()}}
-
-
-def _describe(annotation):
-    text = str(annotation).replace("typing.", "").replace("NoneType", "null")
-    return text.replace("<class '", "").replace("'>", "")
 
 
 def load_config(path=None):
@@ -422,7 +332,7 @@ def load_config(path=None):
     except yaml.YAMLError as err:
         raise MeshError(path, f"not valid YAML ({err})") from None
     try:
-        config = from_dict(SearchConfig, _merged(SearchConfig().to_dict(), data if data is not None else {}))
+        config = from_dict(SearchConfig, merged(SearchConfig().to_dict(), data if data is not None else {}))
         return config.for_resolution(config.resolution)
     except ValueError as err:
         raise MeshError(path, str(err)) from None
