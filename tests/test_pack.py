@@ -212,12 +212,29 @@ def test_both_residual_codings_reproduce_the_grid(method):
     wrong = np.flatnonzero(prediction != truth)
     outside = np.flatnonzero(truth & ~mask)
     data = (lossless.encode_list(wrong) if method == lossless.LIST else
-            len(lossless.encode_list(outside)).to_bytes(4, "little") + lossless.encode_list(outside)
-            + lossless._bernoulli_encode(truth[mask], probabilities))
+            lossless.encode_probabilities(truth, mask, probabilities))
     decoded = lossless.decode_residual(method, data, mask, probabilities)
     grid = prediction.reshape(-1).copy()
     grid[decoded] ^= True
     assert np.array_equal(grid.reshape(truth.shape), truth)
+    assert np.isin(outside, decoded).all()
+
+
+def test_calibrating_the_probabilities_shortens_the_residual():
+    """An overconfident net (wrong answers at p = 0.002 or 0.998) codes its grid in fewer bytes
+    once its probabilities are softened, and the temperature chosen is the one that does."""
+    rng = np.random.default_rng(3)
+    truth = rng.random(20_000) < 0.3
+    wrong = rng.random(truth.size) < 0.05
+    probabilities = np.where(truth ^ wrong, 0.998, 0.002)
+    mask = np.ones(truth.size, bool)
+    data = lossless.encode_probabilities(truth, mask, probabilities)
+    raw = len(lossless._bernoulli_encode(truth, probabilities))
+    assert len(data) < 0.8 * raw, (len(data), raw)
+    temperature = np.frombuffer(data[4 + int.from_bytes(data[:4], "little"):][:2], np.float16)[0]
+    assert temperature > 1
+    decoded = lossless.decode_residual(lossless.PROBABILITIES, data, mask, probabilities)
+    assert np.array_equal(decoded, np.flatnonzero(wrong))
 
 
 def test_random_access_agrees_with_the_full_decode(run, packed):

@@ -15,7 +15,8 @@ Layout (little-endian)::
                  (model.weights order) and the coded levels (:func:`encode_levels`), each
                  tensor at its vox_tf.quantization.weight_bits for the file's ``bits``
         residual (lossless only) coding u8, grid digest 8 bytes, length u32, bytes
-                 (vox_tf.lossless)
+                 (vox_tf.lossless; its probability coding holds a calibration temperature
+                 since version 3)
 
 The coarse stage is stored as what it computes, not as the network: the coarse net is only
 ever asked on the Rc^3 grid, and its prediction there costs 190-610 bytes on the eight
@@ -382,7 +383,7 @@ def _decode(reader, version):
         if method == lossless.PROBABILITIES:
             probabilities = reconstructor.fine_probabilities()
         reconstructor.residual = lossless.decode_residual(method, residual, reconstructor.mask(),
-                                                          probabilities)
+                                                          probabilities, version >= 3)
         metrics["grid_digest"] = digest.hex()
     return reconstructor
 
