@@ -20,7 +20,7 @@ Layout (little-endian)::
 
 The coarse stage is stored as what it computes, not as the network: the coarse net is only
 ever asked on the Rc^3 grid, and its prediction there costs 190-610 bytes on the eight
-256^3 seed grids where the net takes 1,077-2,665 at 4 bits (10-20 % of a 4-bit file);
+256^3 seed grids where the net takes 1,077-2,665 at 4 bits (9-21 % of a 4-bit file);
 the mask is the float32 coarse net's, so no coarse error is added. Versions 1 and 2 (still
 read) held the coarse net's weights beside the fine net's (``nets`` records for both);
 version 1 also held every tensor at ``bits``, the tri-planes with square-law levels.
