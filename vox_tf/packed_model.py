@@ -198,9 +198,9 @@ def pack(reconstructor, bits, residual=None):
     """A reconstructor -> the bytes of its .vxz file, and what each part costs.
 
     Args:
-        reconstructor: HierarchicalReconstructor whose networks hold the weights to quantize
-            (already k-bit after fine-tuning: quantizing again leaves them unchanged, unless
-            zeroing the fine net's unread tri-plane nodes narrows a channel's scale).
+        reconstructor: HierarchicalReconstructor; its coarse grid is stored as it is, its fine
+            net's weights quantized (already k-bit after fine-tuning: quantizing again leaves
+            them unchanged, unless zeroing the unread tri-plane nodes narrows a channel's scale).
         bits: one of vox_tf.quantization.BITS.
         residual: optional (method, bytes, digest) of vox_tf.lossless for a lossless file.
     Returns:
