@@ -153,9 +153,9 @@ class StageSearchConfig:
         require_int(self, "max_layers", self.min_layers)
         if self.widths is not None:
             require(len(self.widths) > 0 and all(is_int(w) and w >= 1 for w in self.widths),
-                     "widths", "must be a non-empty list of positive integers")
+                    "widths", "must be a non-empty list of positive integers")
         require(len(self.activations) > 0 and set(self.activations) <= set(ACTIVATIONS),
-                 "activations", f"must be a non-empty list from {', '.join(ACTIVATIONS)}")
+                "activations", f"must be a non-empty list from {', '.join(ACTIVATIONS)}")
         require_int(self, "final_epochs", 1)
         if self.final_samples is not None:
             require_int(self, "final_samples", 1)
@@ -195,9 +195,9 @@ class EncodingConfig:
             values = self.choices(name)
             allow_none = name != "triplane_channels"
             require(len(values) > 0 and all((v is None and allow_none) or (is_int(v) and v >= 0)
-                                             for v in values),
-                     name, "must be a non-negative integer" + (", null" if allow_none else "")
-                     + " or a list of them")
+                                            for v in values),
+                    name, "must be a non-negative integer" + (", null" if allow_none else "")
+                    + " or a list of them")
 
     def choices(self, name):
         """The values of one setting as a list (one element when it is not searched)."""
@@ -244,7 +244,7 @@ class TrainingConfig:
         require_one_of(self, "lr_schedule", LR_SCHEDULES)
         require(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
         require(0 <= self.min_lr <= self.learning_rate, "min_lr",
-                 f"must be in [0, learning_rate], got {self.min_lr!r}")
+                f"must be in [0, learning_rate], got {self.min_lr!r}")
         require(0 <= self.focus < 1, "focus", f"must be in [0, 1), got {self.focus!r}")
 
     def train_settings(self):
@@ -272,22 +272,22 @@ class SearchConfig:
         require_int(self, "resolution", 8)
         require_int(self, "coarse_resolution", 1)
         require(self.coarse_resolution <= self.resolution, "coarse_resolution",
-                 f"must not exceed resolution ({self.resolution})")
+                f"must not exceed resolution ({self.resolution})")
         require(self.coarse.objective.kind != "packed_reward", "coarse.objective.kind",
-                 "packed_reward prices a network's bytes, and a packed file keeps the coarse "
-                 "stage as its occupancy grid, not its network: use reward")
+                "packed_reward prices a network's bytes, and a packed file keeps the coarse "
+                "stage as its occupancy grid, not its network: use reward")
         # Every entry is checked now, not when a grid of its resolution turns up.
         for key, overrides in self.by_resolution.items():
             where = f"{BY_RESOLUTION}.{key}"
             require(is_int(key) and key >= 8, where, "keys must be grid resolutions (integers >= 8)")
             require(isinstance(overrides, dict) and "resolution" not in overrides
-                     and BY_RESOLUTION not in overrides, where,
-                     "must be a mapping of config keys other than resolution and by_resolution")
+                    and BY_RESOLUTION not in overrides, where,
+                    "must be a mapping of config keys other than resolution and by_resolution")
             try:
                 from_dict(SearchConfig, merged({**self.to_dict(), BY_RESOLUTION: {}}, overrides))
             except ValueError as err:
                 raise BadValue(f"{where}.{str(err).split(': ', 1)[0]}",
-                                str(err).split(": ", 1)[-1]) from None
+                               str(err).split(": ", 1)[-1]) from None
 
     def for_resolution(self, resolution):
         """This config for a grid of ``resolution``: its by_resolution entry applied.

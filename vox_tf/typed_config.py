@@ -42,13 +42,13 @@ def require(condition, key, reason):
 def require_one_of(obj, name, choices):
     value = getattr(obj, name)
     require(value in choices, name,
-             f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+            f"must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def require_int(obj, name, minimum):
     value = getattr(obj, name)
     require(is_int(value) and value >= minimum, name,
-             f"must be an integer >= {minimum}, got {value!r}")
+            f"must be an integer >= {minimum}, got {value!r}")
 
 
 def _matches(value, annotation):
