@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 # 16^3 sphere (8^3 coarse stage), Hyperband of 5 trials per stage, a few epochs each.
@@ -81,3 +82,48 @@ def test_killed_search_resumes_without_rerunning_trials(tmp_path):
     assert results["trials_coarse"] == len(after) == 5
     assert results["trials_fine"] == 5
     assert (out / "model" / "metadata.json").exists()
+
+
+def _half_ended_trial(project_dir, write_tuner_file):
+    """A project as a kill leaves it inside Oracle.end_trial: trial.json says COMPLETED with a
+    score, oracle.json still has the trial ongoing (and, for the first trial, no tuner0.json)."""
+    import keras
+    import keras_tuner
+
+    def build(hp):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(hp.Choice("units", [1, 2]))])
+        model.compile(loss="mse")
+        return model
+
+    def tuner():
+        return keras_tuner.Hyperband(build, objective=keras_tuner.Objective("score", "max"),
+                                     max_epochs=2, factor=2, seed=1, directory=str(project_dir),
+                                     project_name="stage", overwrite=False)
+
+    first = tuner()
+    if write_tuner_file:
+        first.save()
+    trial = first.oracle.create_trial("tuner0")
+    first.oracle.update_trial(trial.trial_id, {"score": 0.5})
+    trial.status = "COMPLETED"
+    first.oracle.score_trial(trial)
+    first.oracle._save_trial(trial)
+    return tuner, trial.trial_id
+
+
+@pytest.mark.parametrize("write_tuner_file", [False, True], ids=["first_trial", "later_trial"])
+def test_a_trial_killed_while_being_saved_is_kept_not_rerun(tmp_path, write_tuner_file):
+    from vox_tf.tuner_resume import adopt_finished_trials
+
+    tuner, finished = _half_ended_trial(tmp_path, write_tuner_file)
+    trial_file = tmp_path / "stage" / f"trial_{finished}" / "trial.json"
+    stamp = trial_file.stat().st_mtime_ns
+    resumed = tuner()
+    assert adopt_finished_trials(resumed) == [finished]
+    assert finished in resumed.oracle.end_order
+    assert resumed.oracle.trials[finished].score == 0.5
+    following = resumed.oracle.create_trial("tuner0")
+    assert following.trial_id != finished
+    assert trial_file.stat().st_mtime_ns == stamp
+    # Once recorded, a further resume has nothing left to adopt.
+    assert adopt_finished_trials(tuner()) == []

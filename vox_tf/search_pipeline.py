@@ -51,6 +51,7 @@ from vox_tf.stage_training import (check_resolutions, coarse_stage_data, fine_st
                                    train_stage)
 from vox_tf.tensorboard_summaries import write_hparams_config
 from vox_tf.train import train_hierarchy
+from vox_tf.tuner_resume import adopt_finished_trials
 
 HPARAMS_METRICS = tuple(f"epoch_{name}" for name in
                         (OBJECTIVE, "wrong_voxels", "params", "iou", "accuracy", "chamfer_l2", "loss"))
@@ -91,9 +92,13 @@ class StageChoice:
 
 
 def make_tuner(hypermodel, config: SearchConfig, stage, run_dir, distribution_strategy=None):
-    """keras_tuner.Hyperband on ``hypermodel`` with its project in DIR/search/<stage>."""
+    """keras_tuner.Hyperband on ``hypermodel`` with its project in DIR/search/<stage>.
+
+    An existing project is resumed, its finished trials kept even when a kill cut their saving
+    short (vox_tf.tuner_resume).
+    """
     hyperband = config.stage(stage).hyperband
-    return keras_tuner.Hyperband(
+    tuner = keras_tuner.Hyperband(
         hypermodel, objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
         max_epochs=hyperband.max_epochs, factor=hyperband.factor,
         hyperband_iterations=hyperband.iterations, seed=config.seed,
@@ -101,6 +106,9 @@ def make_tuner(hypermodel, config: SearchConfig, stage, run_dir, distribution_st
         distribution_strategy=distribution_strategy,
         # A trial that fails (e.g. out of memory) is recorded and the search goes on.
         max_consecutive_failed_trials=3)
+    if distributed_role() != "worker":
+        adopt_finished_trials(tuner)
+    return tuner
 
 
 def hyperband_trials(oracle):
