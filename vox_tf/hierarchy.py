@@ -20,7 +20,7 @@ from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid, indices_from_dense, points_to_indices, voxel_centers
 from vox_tf.metrics import parameter_count
 from vox_tf.models import arch_of, format_arch
-from vox_tf.sampling import grid_points, upsample_mask
+from vox_tf.sampling import coarse_cells, grid_points, upsample_mask
 
 COARSE_FILE = "coarse.keras"
 FINE_FILE = "fine.keras"
@@ -160,8 +160,7 @@ class HierarchicalReconstructor:
                    else points_to_indices(query, self.resolution).astype(np.int64))
         if indices.size and (indices.min() < 0 or indices.max() >= self.resolution):
             raise ValueError(f"voxel indices must be within [0, {self.resolution})")
-        # The coarse voxel holding each fine centre: upsample_mask's nearest rule.
-        cells = (2 * indices + 1) * self.coarse_resolution // (2 * self.resolution)
+        cells = coarse_cells(indices, self.coarse_resolution, self.resolution)
         inside = (self.coarse[cells[:, 0], cells[:, 1], cells[:, 2]] if self.coarse_is_grid
                   else _predict(self.coarse, voxel_centers(cells, self.coarse_resolution)))
         answer = np.zeros(len(indices), bool)

@@ -106,6 +106,16 @@ def coarse_grid(voxels, coarse_resolution=COARSE_RESOLUTION):
     return grid
 
 
+def coarse_cells(fine_indices, coarse_resolution, resolution):
+    """The coarse voxel (index) holding the centre of each fine voxel (index), per axis.
+
+    Example:
+        >>> coarse_cells(np.arange(4), 2, 4)
+        array([0, 0, 1, 1])
+    """
+    return (2 * np.asarray(fine_indices, np.int64) + 1) * coarse_resolution // (2 * resolution)
+
+
 def upsample_mask(coarse_occupancy, resolution):
     """Nearest-neighbour upsampling: each fine voxel takes the coarse voxel holding its centre.
 
@@ -124,7 +134,7 @@ def upsample_mask(coarse_occupancy, resolution):
     if coarse_occupancy.shape != (coarse,) * 3 or resolution < coarse:
         raise ValueError(f"need a cubic coarse grid no finer than {resolution}, "
                          f"got shape {coarse_occupancy.shape}")
-    cell = (2 * np.arange(resolution) + 1) * coarse // (2 * resolution)
+    cell = coarse_cells(np.arange(resolution), coarse, resolution)
     return coarse_occupancy[np.ix_(cell, cell, cell)]
 
 
