@@ -8,8 +8,9 @@ For each grid: its occupied voxels; lzma (preset 9 extreme) and bz2 (level 9) of
 bit-packed grid; the G-PCC bytes of reference_results.csv when the grid is one of its rows;
 and, when ``--runs DIR`` holds a trained run ``DIR/<grid name>/`` (training or search run),
 the .vxz file of ``python -m vox_tf.pack`` at each ``--bits`` (default 8, 6, 5 and 4;
-fine-tuned) and the smallest lossless one, each as bytes, bits per occupied voxel (bpov) and IoU measured on
-the file decoded back. Grids without a run are listed at the end.
+fine-tuned) and the smallest lossless one of ``--lossless-bits`` (default 5 and 4: where the
+smallest were on the eight seed grids), each as bytes, bits per occupied voxel (bpov) and
+IoU measured on the file decoded back. Grids without a run are listed at the end.
 """
 
 import argparse
@@ -42,19 +43,21 @@ def reference_gpcc(grids_dir):
         return {row["name"]: int(row["gpcc_bytes"]) for row in csv.DictReader(f)}
 
 
-def packed_figures(run_dir, voxels, finetune_epochs, bits_list):
-    """{label: decoded-file figures} at each of ``bits_list`` and the smallest lossless file."""
+def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits):
+    """{label: decoded-file figures} at each of ``bits_list`` and the smallest lossless file
+    of ``lossless_bits``."""
     from vox_tf import packed_model
     from vox_tf.pack import decoded_figures, pack_run
 
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for lossless in (False, True):
-            for bits in bits_list:
-                blob, _, _ = pack_run(run_dir, bits, lossless, finetune_epochs)
+        for lossless, widths in ((False, bits_list), (True, lossless_bits)):
+            for bits in widths:
+                blob, sizes, _ = pack_run(run_dir, bits, lossless, finetune_epochs)
                 path = Path(tmp) / f"{bits}{'L' if lossless else ''}.vxz"
                 packed_model.write(path, blob)
-                result = {**decoded_figures(path, voxels), "bits": bits}
+                result = {**decoded_figures(path, voxels), "bits": bits,
+                          "extra": sizes["input_layer_extra_bits"]}
                 if not lossless:
                     figures[f"{bits}-bit"] = result
                 elif "lossless" not in figures or result["bytes"] < figures["lossless"]["bytes"]:
@@ -80,6 +83,12 @@ def smoke_run(out_dir):
     return grid_path, Path(out_dir) / "runs"
 
 
+def _label(label, figures):
+    if label != "lossless":
+        return label
+    return f"lossless ({figures['bits']}-bit, first layer +{figures['extra']})"
+
+
 def _cell(size, voxels):
     return f"{size:>9,} {8 * size / voxels:6.2f}"
 
@@ -94,7 +103,9 @@ def main(argv=None):
     parser.add_argument("--finetune-epochs", type=int, default=10,
                         help="quantization-aware epochs of the fine net")
     parser.add_argument("--bits", type=int, nargs="+", choices=BITS, default=list(BITS),
-                        help="bits of the files packed (the lossless column: the smallest of them)")
+                        help="bits of the lossy files packed")
+    parser.add_argument("--lossless-bits", type=int, nargs="+", choices=BITS, default=[5, 4],
+                        help="bits of the lossless files packed (the column: the smallest)")
     args = parse_args(parser, {"finetune_epochs": 2}, argv)
 
     from vox_tf.grid import VoxelGrid
@@ -121,10 +132,10 @@ def main(argv=None):
                 missing.append(path.stem)
                 print(line)
                 continue
-            figures = packed_figures(run_dir, voxels, args.finetune_epochs, args.bits)
+            figures = packed_figures(run_dir, voxels, args.finetune_epochs, args.bits,
+                                     args.lossless_bits)
             print(line + "  " + "  ".join(
-                f"{label}{' (' + str(f['bits']) + '-bit)' if label == 'lossless' else ''} "
-                f"{f['bytes']:,} {f['bpov']:.2f} {100 * f['iou']:.3f}"
+                f"{_label(label, f)} {f['bytes']:,} {f['bpov']:.2f} {100 * f['iou']:.3f}"
                 for label, f in figures.items()))
         if missing:
             print(f"no trained run (--runs DIR/<grid name>/) for: {', '.join(missing)}")

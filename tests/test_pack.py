@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import vox_tf
-from vox_tf import lossless, pack, packed_model, quantization, train, train_config
+from vox_tf import lossless, pack, packed_model, quantization, train, train_config, weight_coding
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.metrics import iou
 
@@ -79,6 +79,10 @@ def test_quantization_is_per_output_channel_and_idempotent():
         assert np.all(np.abs(q.dequantize() - weights)[inside] <= 0.5001 * np.broadcast_to(scales, weights.shape)[inside])
         # an outlier channel keeps its own, coarser steps
         assert scales[3] > 50 * np.delete(scales, 3).max()
+        # and each scale is a power of 2^(1/16), one byte in a file (two for the largest)
+        exponents = quantization.scale_exponents(q.scales)
+        assert np.array_equal(quantization.scales_from_exponents(exponents), q.scales)
+        assert len(weight_coding.scale_bytes([q])) == 2 + 8
         planes = np.random.default_rng(1).laplace(0, 0.05, (3, 9, 9, 2)).astype(np.float32)
         for tensor in (weights, planes, weights[:, 0]):
             q = quantization.quantize(tensor, bits)
@@ -106,18 +110,42 @@ def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed)
     assert steps > quantization.max_level(4)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_format_versions_still_decode(version):
     """tests/data/format_v<version>.vxz was written by that format version (1: square-law
     tri-planes at the file's bits; 2: planes and first kernel at more bits; both hold the
-    coarse net's weights); beside it, the weights and grid that version's decoder rebuilt."""
+    coarse net's weights; 3: the coarse grid, float16 scales, the whole lattice, a lossless
+    file with a calibrated probability residual); beside it, the weights and grid that
+    version's decoder rebuilt."""
     data = ROOT / "tests" / "data"
     model = vox_tf.load(data / f"format_v{version}.vxz")
-    assert not model.coarse_is_grid
+    assert model.coarse_is_grid == (version >= 3)
+    nets = [model.fine] if model.coarse_is_grid else [model.coarse, model.fine]
     with np.load(data / f"format_v{version}_weights.npz") as then:
-        weights = [np.asarray(w) for w in model.coarse.weights + model.fine.weights]
+        weights = [np.asarray(w) for net in nets for w in net.weights]
+        assert len(weights) == len(then.files) - 1
         assert all(np.array_equal(w, then[f"w{i}"]) for i, w in enumerate(weights))
         assert np.array_equal(np.argwhere(model.predict_grid()), then["grid"])
+
+
+def test_only_the_tri_plane_nodes_the_mask_reads_are_stored(run, packed):
+    run_dir, _, _ = run
+    model = vox_tf.load(run_dir)
+    index, read = packed_model.read_plane_nodes(model)
+    assert 0 < read.sum() < read.size
+    tensors = [quantization.quantize(w, b) for w, b in
+               zip(packed_model.fine_weights_as_packed(model), quantization.weight_bits(model.fine, 8))]
+    blob, sizes = packed_model.pack(model, 8)
+    # the decoder puts the stored nodes back where they were, zeros elsewhere
+    path = run_dir / "nodes.vxz"
+    packed_model.write(path, blob)
+    decoded = np.asarray(packed_model.read(path).fine.weights[index])
+    path.unlink()
+    assert np.array_equal(decoded, tensors[index].dequantize())
+    assert not decoded[~read].any()
+    # and the file is the smaller for it
+    whole, _ = weight_coding.weights_section(tensors)
+    assert sizes["weights_mixed"] < len(whole)
 
 
 def test_the_coarse_stage_is_stored_as_the_float_coarse_nets_grid(run, packed):
@@ -159,10 +187,10 @@ def test_both_weight_codings_are_measured_and_decode(run):
     run_dir, _, _ = run
     model = vox_tf.load(run_dir)
     tensors = quantization.quantize_model(model.fine, 6)
-    codings = packed_model.weight_codings(tensors)
+    codings = weight_coding.weight_codings(tensors)
     shapes = [t.levels.shape for t in tensors]
     for data in codings.values():
-        decoded = packed_model._decode_levels(data, shapes, [t.bits for t in tensors])
+        decoded = weight_coding.decode_levels(data, shapes, [t.bits for t in tensors])
         assert all(np.array_equal(d, t.levels) for d, t in zip(decoded, tensors))
     _, sizes = packed_model.pack(model, 6)
     assert sizes[f"weights_{sizes['coder']}"] == min(sizes[f"weights_{name}"] for name in codings)
@@ -177,15 +205,17 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     # must at least halve what quantizing alone loses
     assert 1 - tuned <= (1 - plain) / 2, (plain, tuned, results["iou"])
     assert "fine-tuning" in packed["4 stderr"]
-    # the lossless pack at the same settings reused the fine-tuned weights
-    assert "fine-tuning" not in packed["4-lossless stderr"]
+    # the lossless pack at the same settings reused the fine-tuned weights, and tuned them
+    # again only for the first layer's other bits
+    assert packed["4-lossless stderr"].count("fine-tuning") == 1
+    assert "4-bit fine-tuning (first layer 5 bits)" in packed["4-lossless stderr"]
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == [
         f"{name}_v{packed_model.VERSION}.npz"
-        for name in ("4bit_4ep_fine", "8bit_2ep_fine")]
+        for name in ("4bit_x1_4ep_fine", "4bit_x2_4ep_fine", "8bit_x2_2ep_fine")]
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):
-    _, _, voxels = run
+    run_dir, _, voxels = run
     out = tmp_path / "grid.npz"
     result = cli("unpack", packed["4-lossless"], "-o", out)
     assert result.returncode == 0, result.stderr
@@ -194,8 +224,18 @@ def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):
     assert np.array_equal(vox_tf.load(packed["4-lossless"]).predict_grid(), voxels.dense())
     assert decoded.resolution == RESOLUTION and np.allclose(decoded.center, voxels.center)
     assert "residual: list" in packed["4-lossless stdout"]
-    lossy = packed["4"].stat().st_size
-    assert packed["4-lossless"].stat().st_size > lossy
+    # of the two first-layer widths tried, the file is the smaller, and each is its lossy
+    # file plus the residual
+    extra = vox_tf.load(packed["4-lossless"]).metrics["input_layer_extra_bits"]
+    assert f"first layer +{extra} bits" in packed["4-lossless stdout"]
+    sizes = {}
+    for x in pack.LOSSLESS_INPUT_LAYER_EXTRA_BITS:
+        tuned = pack.finetuned(run_dir, 4, 4, voxels, x)
+        blob, parts = pack._lossless_file(tuned, 4, x, voxels.dense())
+        lossy, _ = packed_model.pack(tuned, 4, input_layer_extra_bits=x)
+        assert len(blob) == len(lossy) + parts["residual"] + 13 > len(lossy)
+        sizes[x] = len(blob)
+    assert packed["4-lossless"].stat().st_size == sizes[extra] == min(sizes.values())
 
 
 @pytest.mark.parametrize("method", [lossless.LIST, lossless.PROBABILITIES])

@@ -5,15 +5,17 @@ Layout (little-endian)::
     magic "VXZ\\0" | version u8 | payload length u32 | CRC-32 of the payload u32 | payload
     payload:
         grid     resolution u16, coarse resolution u16, bits u8, lossless u8,
-                 center 3 x f64, scale f64
+                 center 3 x f64, scale f64, the first Dense kernel's bits beyond ``bits`` u8
+                 (version 4; 2 before)
         coarse   length u32, then the coarse net's occupancy on the Rc^3 grid, bit-packed
                  (np.packbits, index order) and LZMA2-compressed
         fine net positional levels u8 (255: none), tri-plane resolution u16 (0: none),
                  tri-plane channels u8, layers u8, then per layer units u16 and activation
                  u8 (index in vox_tf.models.ACTIVATIONS)
-        weights  length u32, then the per-channel float16 scales of every fine tensor
-                 (model.weights order) and the coded levels (:func:`encode_levels`), each
-                 tensor at its vox_tf.quantization.weight_bits for the file's ``bits``
+        weights  length u32, then the fine tensors' scales and levels (model.weights order;
+                 vox_tf.weight_coding), each tensor at its vox_tf.quantization.weight_bits for
+                 the file's ``bits``; of the tri-plane lattice only the nodes some voxel of
+                 the mask reads (:func:`read_plane_nodes`), as [nodes, C]
         residual (lossless only) coding u8, grid digest 8 bytes, length u32, bytes
                  (vox_tf.lossless; its probability coding holds a calibration temperature
                  since version 3)
@@ -25,11 +27,14 @@ the mask is the float32 coarse net's, so no coarse error is added. Versions 1 an
 read) held the coarse net's weights beside the fine net's (``nets`` records for both);
 version 1 also held every tensor at ``bits``, the tri-planes with square-law levels.
 
+Version 4 (:data:`VERSION`) stores the channel scales as one byte each, drops the unread
+tri-plane nodes and records the first Dense kernel's extra bits (a lossless file may take 1);
+version 3 held float16 scales, the lattice whole (its unread nodes as zeros) and that kernel
+at 2 more bits. Every older version is still read.
+
 The fine net's architecture is those few bytes: the decoder rebuilds it with
 vox_tf.models.build_occupancy_model, which fixes every tensor's shape, and sets the
-dequantized weights. Each tensor's levels are coded either with constriction's ANS coder
-under a quantized Laplace model (its scale b stored as float16) or with raw LZMA2, whichever
-is smaller for it; :func:`weight_codings` also measures all-ANS and all-LZMA.
+dequantized weights.
 """
 
 import hashlib
@@ -38,7 +43,6 @@ import struct
 import zlib
 from pathlib import Path
 
-import constriction
 import numpy as np
 
 from vox_tf import lossless
@@ -48,20 +52,23 @@ from vox_tf.grid import voxel_centers
 from vox_tf.hierarchy import HierarchicalReconstructor
 from vox_tf.layers import PLANE_AXES
 from vox_tf.models import ACTIVATIONS, TriPlaneConfig, arch_of, build_occupancy_model
-from vox_tf.quantization import (QuantizedTensor, max_level, quantize, quantize_model,
-                                 weight_bits)
+from vox_tf.quantization import (INPUT_LAYER_EXTRA_BITS, QuantizedTensor, quantize,
+                                 quantize_model, weight_bits)
+from vox_tf.sampling import coarse_cells
+from vox_tf.weight_coding import read_weights_section, weights_section
 
 MAGIC = b"VXZ\0"
-VERSION = 3
+VERSION = 4
 SUFFIX = ".vxz"
 _PREAMBLE = struct.Struct("<4sBII")
 _GRID = struct.Struct("<HHBB3dd")
 _NET = struct.Struct("<BHBB")
 _LAYER = struct.Struct("<HB")
 _LENGTH = struct.Struct("<I")
+_EXTRA_BITS = struct.Struct("<B")
+EXTRA_BITS_BEFORE_V4 = 2
+"""The first Dense kernel's extra bits in files of versions 2 and 3 (4 records its own)."""
 NO_POSITIONAL = 255
-ANS, LZMA = 0, 1
-CODER_NAMES = {ANS: "ans", LZMA: "lzma"}
 
 
 def grid_digest(grid):
@@ -99,110 +106,18 @@ def _read_net(reader, name):
                                  planes, name=name)
 
 
-def _laplace_scale(tensor):
-    """The maximum-likelihood Laplace scale of a tensor's levels, as float16 (>= 0.1)."""
-    return np.float16(max(np.abs(tensor.levels).mean(), 0.1))
-
-
-def _flat_levels(tensors):
-    if not tensors:
-        return np.zeros(0, np.int32)
-    return np.concatenate([t.levels.reshape(-1) for t in tensors]).astype(np.int32)
-
-
-def _ans_encode(levels, scales, top):
-    coder = constriction.stream.stack.AnsCoder()
-    if len(levels):
-        coder.encode_reverse(levels, constriction.stream.model.QuantizedLaplace(-top, top),
-                             np.zeros(len(levels)), scales)
-    return coder.get_compressed().tobytes()
-
-
-def _level_ranges(tensor_bits, coders):
-    """(Q of the ANS stream, NumPy dtype of the LZMA stream) for tensors of these bits: each
-    stream spans the largest |level| of the tensors it holds."""
-    ans_top = max([max_level(b) for b, c in zip(tensor_bits, coders) if c == ANS], default=1)
-    lzma_top = max([max_level(b) for b, c in zip(tensor_bits, coders) if c == LZMA], default=0)
-    return ans_top, np.int8 if lzma_top <= np.iinfo(np.int8).max else np.int16
-
-
-def encode_levels(tensors, coders):
-    """The levels of ``tensors`` coded tensor by tensor with ``coders`` (ANS or LZMA each).
-
-    Bytes: one coder byte per tensor, the float16 Laplace scale of each ANS tensor, the
-    length (u32) of the ANS stream, the ANS stream of those tensors, then one LZMA2 stream of
-    the others (int8 levels, int16 when one of them has more than 8 bits).
-    """
-    ans_top, lzma_dtype = _level_ranges([t.bits for t in tensors], coders)
-    by_ans = [t for t, c in zip(tensors, coders) if c == ANS]
-    laplace = np.array([_laplace_scale(t) for t in by_ans], np.float16)
-    ans = _ans_encode(_flat_levels(by_ans),
-                      np.repeat(laplace.astype(np.float64), [t.levels.size for t in by_ans]),
-                      ans_top)
-    by_lzma = [t for t, c in zip(tensors, coders) if c == LZMA]
-    rest = (lossless.compress(_flat_levels(by_lzma).astype(lzma_dtype).tobytes())
-            if by_lzma else b"")
-    return bytes(coders) + laplace.tobytes() + struct.pack("<I", len(ans)) + ans + rest
-
-
-def weight_codings(tensors):
-    """The levels coded three ways: {"ans": all ANS, "lzma": all LZMA, "mixed": each tensor
-    with whichever of the two codes it alone in fewer bytes} (scales not included).
-
-    ANS (a quantized Laplace per tensor) is near the entropy for MLP kernels; LZMA finds the
-    spatial repetition of tri-plane features that a per-symbol model cannot see.
-
-    Example:
-        >>> sizes = {k: len(v) for k, v in weight_codings(quantize_model(fine, 8)).items()}
-    """
-    def alone(tensor, coder):
-        return len(encode_levels([tensor], [coder]))
-
-    mixed = [min((ANS, LZMA), key=lambda c: alone(t, c)) for t in tensors]
-    return {name: encode_levels(tensors, coders) for name, coders in
-            (("ans", [ANS] * len(tensors)), ("lzma", [LZMA] * len(tensors)), ("mixed", mixed))}
-
-
-def _decode_levels(data, shapes, tensor_bits):
-    sizes = [int(np.prod(s)) for s in shapes]
-    coders = list(data[:len(shapes)])
-    if any(c not in CODER_NAMES for c in coders):
-        raise ValueError("unknown weight coder")
-    top, lzma_dtype = _level_ranges(tensor_bits, coders)
-    n_ans = coders.count(ANS)
-    at = len(shapes)
-    laplace = np.frombuffer(data[at:at + 2 * n_ans], np.float16)
-    at += 2 * n_ans
-    (ans_length,) = struct.unpack_from("<I", data, at)
-    at += 4
-    ans_sizes = [n for n, c in zip(sizes, coders) if c == ANS]
-    ans_levels = np.zeros(0, np.int32)
-    if n_ans:
-        words = np.frombuffer(data[at:at + ans_length], np.uint32).copy()
-        ans_levels = constriction.stream.stack.AnsCoder(words).decode(
-            constriction.stream.model.QuantizedLaplace(-top, top), np.zeros(sum(ans_sizes)),
-            np.repeat(laplace.astype(np.float64), ans_sizes))
-    rest = data[at + ans_length:]
-    lzma_levels = (np.frombuffer(lossless.decompress(rest), lzma_dtype).astype(np.int32)
-                   if rest else np.zeros(0, np.int32))
-    if len(lzma_levels) != sum(sizes) - sum(ans_sizes):
-        raise ValueError(f"{len(lzma_levels)} LZMA-coded weight levels for "
-                         f"{sum(sizes) - sum(ans_sizes)} weights")
-    streams = {ANS: iter(np.split(ans_levels, np.cumsum(ans_sizes)[:-1]) if n_ans else []),
-               LZMA: iter(np.split(lzma_levels, np.cumsum([n for n, c in zip(sizes, coders)
-                                                            if c == LZMA])[:-1]))}
-    return [next(streams[c]).reshape(s) for c, s in zip(coders, shapes)]
-
-
-def pack(reconstructor, bits, residual=None):
+def pack(reconstructor, bits, residual=None, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
     """A reconstructor -> the bytes of its .vxz file, and what each part costs.
 
     Args:
         reconstructor: HierarchicalReconstructor; its coarse grid is stored as it is, its fine
             net's weights quantized (already k-bit after fine-tuning: quantizing again leaves
-            them unchanged, unless zeroing the unread tri-plane nodes narrows a channel's scale).
+            them unchanged, unless zeroing the unread tri-plane nodes narrows a channel's
+            scale), all but the tri-plane nodes that no voxel of the mask reads.
         bits: one of vox_tf.quantization.BITS.
         residual: optional (method, bytes, digest) of vox_tf.lossless for a lossless file.
+        input_layer_extra_bits: the first Dense kernel's bits beyond ``bits``
+            (vox_tf.quantization.weight_bits), recorded in the file.
     Returns:
         (bytes, dict of sizes: total, coarse_grid, residual, the fine weights coded each
         way (weights_ans, weights_lzma, weights_mixed, scales included) and the coder kept).
@@ -212,11 +127,12 @@ def pack(reconstructor, bits, residual=None):
     """
     coarse = coarse_grid_bytes(reconstructor.coarse_grid())
     fine = reconstructor.fine
-    weights, sizes = _weights_section([quantize(w, b) for w, b in
-                                       zip(fine_weights_as_packed(reconstructor),
-                                           weight_bits(fine, bits))])
+    tensors = [quantize(w, b) for w, b in zip(fine_weights_as_packed(reconstructor),
+                                               weight_bits(fine, bits, input_layer_extra_bits))]
+    weights, sizes = weights_section(_without_unread_nodes(tensors, read_plane_nodes(reconstructor)))
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,
                           residual is not None, *reconstructor.center, reconstructor.scale)
+               + _EXTRA_BITS.pack(input_layer_extra_bits)
                + _LENGTH.pack(len(coarse)) + coarse + _net_record(fine)
                + _LENGTH.pack(len(weights)) + weights)
     if residual is not None:
@@ -224,7 +140,8 @@ def pack(reconstructor, bits, residual=None):
         payload += struct.pack("<B8sI", method, digest, len(data)) + data
     blob = _PREAMBLE.pack(MAGIC, VERSION, len(payload), zlib.crc32(payload)) + payload
     return blob, {"total": len(blob), "coarse_grid": len(coarse),
-                  "residual": len(residual[1]) if residual else 0, **sizes}
+                  "residual": len(residual[1]) if residual else 0,
+                  "input_layer_extra_bits": input_layer_extra_bits, **sizes}
 
 
 def coarse_grid_bytes(occupancy):
@@ -246,40 +163,71 @@ def coarse_grid_from_bytes(data, coarse_resolution):
     return np.unpackbits(bits, count=cells).astype(bool).reshape((coarse_resolution,) * 3)
 
 
-def fine_weights_as_packed(reconstructor):
-    """The fine net's weights with the tri-plane nodes that no voxel of the mask reads set to 0.
+def read_plane_nodes(reconstructor):
+    """(index of the tri-plane lattice in fine.weights, bool [3, L+1, L+1]: the nodes some
+    voxel of the mask reads), or None for a fine net without tri-planes.
 
-    The fine net is only ever asked inside the mask, so those nodes (still their random
-    initial values) change no answer; as zeros they cost almost nothing to code and no
-    longer widen their channel's quantization scale.
+    The fine net is only ever asked inside the mask, and the decoder knows the mask from the
+    coarse grid before it reads the weights, so only these nodes are stored. A voxel reads on
+    plane (a, b) by its a and b coordinates alone, so the mask's shadow on that plane (the
+    coarse grid's, upsampled) gives them without the R^3 mask.
     """
     fine = reconstructor.fine
-    arrays = [np.asarray(w) for w in fine.weights]
     planes = {layer.name: layer for layer in fine.layers}.get("triplane")
     if planes is None:
-        return arrays
-    lattice = planes.resolution
-    points = voxel_centers(np.argwhere(reconstructor.mask()), reconstructor.resolution)
+        return None
+    lattice, resolution = planes.resolution, reconstructor.resolution
+    centers = voxel_centers(np.repeat(np.arange(resolution)[:, None], 3, axis=1), resolution)[:, 0]
     # TriPlaneEncoding's corner rule: lower node clamped to lattice - 1, and the one above it.
-    lower = np.minimum(np.floor(np.clip((points + 1.0) * (0.5 * lattice), 0, lattice)),
+    lower = np.minimum(np.floor(np.clip((centers + 1.0) * (0.5 * lattice), 0, lattice)),
                        lattice - 1).astype(np.int64)
+    cell = coarse_cells(np.arange(resolution), reconstructor.coarse_resolution, resolution)
+    coarse = reconstructor.coarse_grid()
     read = np.zeros((len(PLANE_AXES), lattice + 1, lattice + 1), bool)
-    for plane, (a, b) in enumerate(PLANE_AXES):
+    for plane, axes in enumerate(PLANE_AXES):
+        (other,) = set(range(3)) - set(axes)  # axes are in increasing order
+        a, b = np.nonzero(coarse.any(axis=other)[np.ix_(cell, cell)])
         for da in (0, 1):
             for db in (0, 1):
-                read[plane, lower[:, a] + da, lower[:, b] + db] = True
-    index = next(i for i, w in enumerate(fine.weights) if w is planes.planes)
-    arrays[index] = np.where(read[..., None], arrays[index], 0.0).astype(np.float32)
+                read[plane, lower[a] + da, lower[b] + db] = True
+    return next(i for i, w in enumerate(fine.weights) if w is planes.planes), read
+
+
+def fine_weights_as_packed(reconstructor):
+    """The fine net's weights with the tri-plane nodes that no voxel of the mask reads set to 0
+    (:func:`read_plane_nodes`): they change no answer, and as zeros they no longer widen their
+    channel's quantization scale. (Fine-tuning keeps them: its samples, spread inside the mask's
+    cells, read nodes that no voxel center does; zeroed, 4 epochs on the 64^3 shell of
+    tests/test_pack.py no longer take 4 bits from 17 wrong voxels to 0.)
+    """
+    arrays = [np.asarray(w) for w in reconstructor.fine.weights]
+    nodes = read_plane_nodes(reconstructor)
+    if nodes is not None:
+        index, read = nodes
+        arrays[index] = np.where(read[..., None], arrays[index], 0.0).astype(np.float32)
     return arrays
 
 
-def _weights_section(tensors):
-    """(scales + the smallest coding of the levels, {coder kept, weights_<coding>: bytes})."""
-    codings = weight_codings(tensors)
-    kept = min(codings, key=lambda c: len(codings[c]))
-    scales = b"".join(t.scales.tobytes() for t in tensors)
-    return scales + codings[kept], {"coder": kept, **{f"weights_{name}": len(coding) + len(scales)
-                                                     for name, coding in codings.items()}}
+def _without_unread_nodes(tensors, nodes):
+    """The tensors to code: the tri-plane lattice's levels as [read nodes, C]."""
+    if nodes is None:
+        return tensors
+    index, read = nodes
+    planes = tensors[index]
+    return [*tensors[:index], QuantizedTensor(planes.levels[read], planes.scales, planes.bits),
+            *tensors[index + 1:]]
+
+
+def _with_unread_nodes(tensors, nodes, shape):
+    """Inverse of :func:`_without_unread_nodes`: unread nodes at level 0."""
+    if nodes is None:
+        return tensors
+    index, read = nodes
+    planes = tensors[index]
+    levels = np.zeros(shape, np.int32)
+    levels[read] = planes.levels
+    return [*tensors[:index], QuantizedTensor(levels, planes.scales, planes.bits),
+            *tensors[index + 1:]]
 
 
 def network_bytes(model, bits):
@@ -290,7 +238,7 @@ def network_bytes(model, bits):
     Example:
         >>> network_bytes(build_occupancy_model("16:relu", triplane=None), 8)
     """
-    weights, _ = _weights_section(quantize_model(model, bits))
+    weights, _ = weights_section(quantize_model(model, bits))
     return len(_net_record(model)) + len(weights)
 
 
@@ -353,6 +301,7 @@ def read(path):
 def _decode(reader, version):
     resolution, coarse_resolution, bits, is_lossless, *rest = reader.unpack(_GRID)
     center, scale = rest[:3], rest[3]
+    (extra,) = reader.unpack(_EXTRA_BITS) if version >= 4 else (EXTRA_BITS_BEFORE_V4,)
     if version >= 3:
         (length,) = reader.unpack(_LENGTH)
         coarse = coarse_grid_from_bytes(reader.take(length), coarse_resolution)
@@ -362,20 +311,26 @@ def _decode(reader, version):
         coarse = nets[0]
     (length,) = reader.unpack(_LENGTH)
     weights = reader.take(length)
+    metrics = {"bits": bits, "input_layer_extra_bits": extra}
     variables = [w for net in nets for w in net.weights]
     shapes = [tuple(w.shape) for w in variables]
-    channels = [s[-1] if len(s) > 1 else 1 for s in shapes]
-    scale_bytes = 2 * sum(channels)
-    scales = np.split(np.frombuffer(weights[:scale_bytes], np.float16), np.cumsum(channels)[:-1])
     tensor_bits = ([bits] * len(variables) if version == 1
-                   else [b for net in nets for b in weight_bits(net, bits)])
-    levels = _decode_levels(weights[scale_bytes:], shapes, tensor_bits)
-    for variable, level, channel_scales, level_bits in zip(variables, levels, scales, tensor_bits):
-        power = 2 if version == 1 and level.ndim == 4 else 1  # version 1's square-law planes
-        variable.assign(QuantizedTensor(level, channel_scales, level_bits, power).dequantize())
-    metrics = {"bits": bits}
+                   else [b for net in nets for b in weight_bits(net, bits, extra)])
     reconstructor = HierarchicalReconstructor(coarse, nets[-1], resolution, center, scale,
                                               coarse_resolution, "packed", metrics)
+    # From version 4 the lattice holds only the nodes the mask reads (known from the coarse
+    # grid); before, the mask came from a coarse net still to be decoded.
+    nodes = read_plane_nodes(reconstructor) if version >= 4 else None
+    coded_shapes = list(shapes)
+    if nodes is not None:
+        index, read = nodes
+        coded_shapes[index] = (int(read.sum()), shapes[index][-1])
+    tensors = _with_unread_nodes(read_weights_section(weights, coded_shapes, tensor_bits, version),
+                                 nodes, shapes[nodes[0]] if nodes else None)
+    for variable, tensor in zip(variables, tensors):
+        if version == 1 and tensor.levels.ndim == 4:
+            tensor.power = 2  # version 1's square-law planes
+        variable.assign(tensor.dequantize())
     if is_lossless:
         method, digest, length = reader.unpack(struct.Struct("<B8sI"))
         residual = reader.take(length)

@@ -5,13 +5,18 @@ Quantization is symmetric and uniform, one scale per output channel (the last ax
 kernel's units, a tri-plane's feature channel); a 1-D tensor (a bias) has one scale for all
 of it::
 
-    w ~ s q,  |q| <= Q = 2^(b-1) - 1,  s ~ max|w| / Q (stored as float16)
+    w ~ s q,  |q| <= Q = 2^(b-1) - 1,  s ~ max|w| / Q,  s = 2^(k/16) for an integer k
 
 with b the file's ``bits`` for most weights and more for the two that every fine-stage
 feature passes through (:func:`weight_bits`): the tri-plane lattices (PLANE_EXTRA_BITS) and
 the kernel of the first Dense layer, which reads the encodings (INPUT_LAYER_EXTRA_BITS). At
 256^3 a file's bits were far too few for them, and they are a small share of its bytes (most
-tri-plane nodes are never read and are coded as zeros).
+tri-plane nodes are never read and are not stored).
+
+Scales are powers of 2^(1/16) (:data:`SCALE_STEPS_PER_OCTAVE`) so that a file stores each as
+one byte below its tensor's largest (:func:`scale_exponents`), except the one scale of a
+one-channel tensor, a float16; files up to version 3 stored every scale as float16 (2 bytes,
+1-5 % of a file) and the decoder still reads them.
 
 Files of format version 1 held every weight at the file's bits, the planes with square-law
 levels, w ~ s sign(q) q^2 (``QuantizedTensor.power`` 2), to keep their heavy-tailed small values
@@ -51,13 +56,19 @@ INPUT_LAYER_EXTRA_BITS = 2
 """Bits that the first Dense kernel gets beyond the file's. Same model, every weight
 quantized (planes as above), without fine-tuning: 8-bit file 512 wrong voxels, with that
 kernel (63 x 48) at 10 bits 341; 6-bit file 2,249, at 8 bits 1,373; 4-bit file 10,415, at
-6 bits 6,029. It costs 2 bits x 3,024 weights, ~760 bytes."""
+6 bits 6,029. A packed file records its own (vox_tf.pack tries 1 too for a lossless file,
+where the residual pays for what the kernel loses)."""
+SCALE_STEPS_PER_OCTAVE = 16
+"""Channel scales are 2^(k / 16), steps of 4.4 %."""
+SCALE_EXPONENT_SPAN = 255
+"""How far (in steps, 16 octaves) a channel's scale may lie below its tensor's largest: one
+byte each in a file. A channel further below (almost all zeros) gets the coarser scale."""
 
 
-def weight_bits(model, bits):
+def weight_bits(model, bits, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
     """The bits of each of ``model.weights`` in a file of ``bits``: PLANE_EXTRA_BITS more for
-    tri-plane lattices, INPUT_LAYER_EXTRA_BITS more for the first Dense kernel, ``bits`` for
-    the rest.
+    tri-plane lattices, ``input_layer_extra_bits`` more for the first Dense kernel, ``bits``
+    for the rest.
 
     Example:
         >>> weight_bits(build_occupancy_model("16:relu"), 8)  # planes, kernel, bias, output layer
@@ -66,7 +77,7 @@ def weight_bits(model, bits):
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     first_kernel = dense[0].kernel if dense else None
     return [bits + PLANE_EXTRA_BITS if len(w.shape) == 4
-            else bits + INPUT_LAYER_EXTRA_BITS if w is first_kernel else bits
+            else bits + input_layer_extra_bits if w is first_kernel else bits
             for w in model.weights]
 
 
@@ -88,7 +99,9 @@ class QuantizedTensor:
 
     Attributes:
         levels: int32, the tensor's shape, in [-Q, Q].
-        scales: float16 [C] (C = the last axis, or 1 for a 1-D tensor).
+        scales: float32 [C] (C = the last axis, or 1 for a 1-D tensor): powers of 2^(1/16)
+            (:func:`scales_from_exponents`), a float16 value when C = 1 (and every scale of
+            files up to version 3).
         bits: k (Q = max_level(k)).
         power: of the levels (2 only for the tri-planes of version-1 files).
     """
@@ -116,8 +129,8 @@ def quantize(weights, bits):
 
     Example:
         >>> q = quantize(np.array([[0.5, -1.0], [0.25, 0.5]]), 4)
-        >>> q.levels.tolist(), q.dequantize().tolist()
-        ([[7, -7], [4, 4]], [[0.5, -1.0], [0.28564453125, 0.5]])
+        >>> q.levels.tolist(), np.round(q.dequantize(), 4).tolist()
+        ([[7, -7], [4, 4]], [[0.4771, -0.9542], [0.2726, 0.5453]])
     """
     weights = np.asarray(weights, np.float32)
     scales = channel_scales(weights, bits)
@@ -134,49 +147,97 @@ def _levels(flat, scales, top):
     return np.sign(flat) * np.clip(np.rint(np.abs(flat) / scales), 0, top)
 
 
+CLIP_STEPS = 22
+"""Scales tried per channel below the smallest that clips nothing: 22 steps of 2^(1/16) reach
+0.39 of it (level Q at 0.39 max|w|)."""
 CLIP_RATIOS = np.linspace(0.4, 1.0, 13)
-"""Largest level as a fraction of max|w| tried per channel; 1.0 (no clipping) included."""
+"""Largest level as a fraction of max|w| tried for a tensor of one channel; 1.0 included."""
+EXACT_STEPS = 4
+"""Coarser scales tried too, but taken only when they reproduce the channel exactly: levels
+whose largest is below Q (the no-clip scale rounded up) find their own scale again."""
+
+
+def scale_exponents(scales):
+    """int32 [C]: k with scales == 2^(k / SCALE_STEPS_PER_OCTAVE) (inverse of
+    :func:`scales_from_exponents` on the scales :func:`channel_scales` gives)."""
+    return np.rint(np.log2(np.asarray(scales, np.float64)) * SCALE_STEPS_PER_OCTAVE).astype(np.int32)
+
+
+def scales_from_exponents(exponents):
+    """float32 2^(k / SCALE_STEPS_PER_OCTAVE) for int k: the only scales a file holds.
+
+    Example:
+        >>> scales_from_exponents([0, -16, 8]).tolist()
+        [1.0, 0.5, 1.4142135381698608]
+    """
+    return np.exp2(np.asarray(exponents, np.float64) / SCALE_STEPS_PER_OCTAVE).astype(np.float32)
 
 
 def channel_scales(weights, bits):
-    """float16 [C]: per output channel, the scale with the least squared quantization error.
+    """float32 [C]: per output channel, the scale with the least squared quantization error.
 
-    The largest level is placed at r max|w| for r in CLIP_RATIOS: a few clipped outliers
-    often cost less than the coarser steps they would force on every other weight (at 4 bits
-    especially). The scale is rounded to float16, as the file stores it, before it is judged.
+    Tried: every 2^(k/16) from the smallest that clips no weight down CLIP_STEPS steps: a few
+    clipped outliers often cost less than the coarser steps they would force on every other
+    weight (at 4 bits especially). No channel's k is more than SCALE_EXPONENT_SPAN below the
+    tensor's largest. Quantizing dequantized levels again gives the same levels: their scale
+    is among those tried (EXACT_STEPS), with no error. A tensor of one channel gets a float16
+    scale instead (:func:`_single_scale`).
     """
     weights = np.asarray(weights, np.float32)
     top = max_level(bits)
     flat = _channels(weights)
+    if flat.shape[1] == 1:
+        return _single_scale(flat, top)
     peak = np.abs(flat).max(axis=0, initial=0.0)
+    live = peak > 0
+    unclipped = np.zeros(len(peak), np.int32)
+    # the smallest scale at which max|w| rounds to no more than Q
+    unclipped[live] = np.ceil(np.log2(peak[live] / (top + 0.5)) * SCALE_STEPS_PER_OCTAVE)
     best_error, best = None, None
-    for ratio in CLIP_RATIOS:
-        scales = (np.float32(ratio) * peak / np.float32(top)).astype(np.float16)
-        scales[scales == 0] = np.float16(1.0)  # an all-zero channel: any scale gives levels 0
-        scales32 = scales.astype(np.float32)
-        error = np.square(flat - _levels(flat, scales32, top) * scales32).sum(axis=0)
+    for step in [*range(CLIP_STEPS + 1), *range(-1, -EXACT_STEPS - 1, -1)]:
+        exponents = unclipped - step
+        scales = scales_from_exponents(exponents)
+        error = np.square(flat - _levels(flat, scales, top) * scales).sum(axis=0)
         if best is None:
-            best_error, best = error, scales
+            best_error, best = error, exponents
         else:
-            better = error < best_error
-            best_error, best = np.where(better, error, best_error), np.where(better, scales, best)
-    return best.astype(np.float16)
+            better = (error < best_error) & ((step >= 0) | (error == 0))
+            best_error, best = np.where(better, error, best_error), np.where(better, exponents, best)
+    # An all-zero channel has levels 0 at any scale: give it the tensor's largest.
+    best[~live] = best[live].max() if live.any() else 0
+    return scales_from_exponents(np.maximum(best, best.max() - SCALE_EXPONENT_SPAN))
 
 
-def quantize_model(model, bits):
+def _single_scale(flat, top):
+    """float32 [1]: the scale of a one-channel tensor (a bias, the output kernel), a float16
+    value (the two bytes an exponent would take): the output bias, one value, would be
+    off by up to 1/30 of itself at 4 bits on the 2^(1/16) grid (thingi32_441708: 0.50)."""
+    peak = np.abs(flat).max(initial=0.0)
+    best_error, best = None, np.float16(1.0)  # all zeros: any scale gives levels 0
+    for ratio in CLIP_RATIOS if peak > 0 else ():
+        scale = np.float16(np.float32(ratio) * peak / np.float32(top))
+        error = np.square(flat - _levels(flat, np.float32(scale), top) * np.float32(scale)).sum()
+        if best_error is None or error < best_error:
+            best_error, best = error, scale
+    return np.array([best], np.float32)
+
+
+def quantize_model(model, bits, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
     """QuantizedTensor per weight of ``model``, in ``model.weights`` order, each at its
     :func:`weight_bits` in a file of ``bits``."""
-    return [quantize(np.asarray(w), b) for w, b in zip(model.weights, weight_bits(model, bits))]
+    return [quantize(np.asarray(w), b)
+            for w, b in zip(model.weights, weight_bits(model, bits, input_layer_extra_bits))]
 
 
-def set_quantized(model, bits):
+def set_quantized(model, bits, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
     """Replaces ``model``'s weights by their dequantized k-bit values; returns the tensors."""
-    tensors = quantize_model(model, bits)
+    tensors = quantize_model(model, bits, input_layer_extra_bits)
     model.set_weights([t.dequantize() for t in tensors])
     return tensors
 
 
-def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=None):
+def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=None,
+                       input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
     """Quantization-aware fine-tuning of one stage; leaves ``model`` holding k-bit weights.
 
     Starts from the plain quantization of ``model`` and keeps whichever quantized weights
@@ -191,6 +252,7 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
         learning_rate: Adam's at the start, decayed to 0 along half a cosine (measured
             choices: vox_tf.pack.FINETUNE_LR).
         evaluate_every: epochs between grid evaluations (default: every epoch).
+        input_layer_extra_bits: the first Dense kernel's bits beyond ``bits`` (:func:`weight_bits`).
     Returns:
         dict: wrong_voxels of the plain and of the kept quantization, and the epoch kept.
 
@@ -199,13 +261,14 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
         {'wrong_voxels_plain': 77, 'wrong_voxels': 19, 'epoch': 10}
     """
     shadow = [tf.Variable(np.asarray(w), trainable=False) for w in model.trainable_weights]
-    set_quantized(model, bits)
+    set_quantized(model, bits, input_layer_extra_bits)
     best_wrong = plain_wrong = data.evaluate(model, with_chamfer=False)["wrong_voxels"]
     best, best_epoch = model.get_weights(), 0
     steps = int(data.dataset.cardinality()) * max(epochs, 1)
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
     loss_fn = keras.losses.BinaryCrossentropy()
-    bits_of = {id(w): b for w, b in zip(model.weights, weight_bits(model, bits))}
+    bits_of = {id(w): b for w, b in zip(model.weights,
+                                        weight_bits(model, bits, input_layer_extra_bits))}
     bits_per_weight = [bits_of[id(w)] for w in model.trainable_weights]
     tops = [max_level(b) for b in bits_per_weight]
 
@@ -227,13 +290,13 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
     every = evaluate_every or 1
     for epoch in range(1, epochs + 1):
         for scale, float_weights, own_bits in zip(scales, shadow, bits_per_weight):
-            scale.assign(channel_scales(np.asarray(float_weights), own_bits).astype(np.float32))
+            scale.assign(channel_scales(np.asarray(float_weights), own_bits))
         for points, labels in data.dataset:
             step(points, labels)
         if epoch % every and epoch != epochs:
             continue
         model.set_weights([np.asarray(s) for s in shadow])
-        set_quantized(model, bits)
+        set_quantized(model, bits, input_layer_extra_bits)
         wrong = data.evaluate(model, with_chamfer=False)["wrong_voxels"]
         if wrong < best_wrong:
             best_wrong, best, best_epoch = wrong, model.get_weights(), epoch
@@ -247,7 +310,7 @@ def fake_quantize(weights, scales, top):
 
     Args:
         weights: float32 tf.Tensor of one weight.
-        scales: float32 [C], e.g. channel_scales(weights, bits) as float32.
+        scales: float32 [C], e.g. channel_scales(weights, bits).
         top: max_level of the tensor's bits.
     Returns:
         float32, the shape of ``weights``: the same values the packer's levels decode to.
