@@ -131,7 +131,7 @@ def test_older_format_versions_still_decode(version):
 def test_only_the_tri_plane_nodes_the_mask_reads_are_stored(run, packed):
     run_dir, _, _ = run
     model = vox_tf.load(run_dir)
-    index, read = packed_model.read_plane_nodes(model)
+    index, read = packed_model.read_plane_nodes(model.fine, model.coarse_grid(), model.resolution)
     assert 0 < read.sum() < read.size
     tensors = [quantization.quantize(w, b) for w, b in
                zip(packed_model.fine_weights_as_packed(model), quantization.weight_bits(model.fine, 8))]

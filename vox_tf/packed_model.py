@@ -125,11 +125,13 @@ def pack(reconstructor, bits, residual=None, input_layer_extra_bits=INPUT_LAYER_
     Example:
         >>> data, sizes = pack(vox_tf.load("runs/bunny"), 8)
     """
-    coarse = coarse_grid_bytes(reconstructor.coarse_grid())
+    occupancy = reconstructor.coarse_grid()  # a coarse net call for a run directory: once
+    coarse = coarse_grid_bytes(occupancy)
     fine = reconstructor.fine
-    tensors = [quantize(w, b) for w, b in zip(fine_weights_as_packed(reconstructor),
+    nodes = read_plane_nodes(fine, occupancy, reconstructor.resolution)
+    tensors = [quantize(w, b) for w, b in zip(_zero_unread_nodes(fine, nodes),
                                                weight_bits(fine, bits, input_layer_extra_bits))]
-    weights, sizes = weights_section(_without_unread_nodes(tensors, read_plane_nodes(reconstructor)))
+    weights, sizes = weights_section(_without_unread_nodes(tensors, nodes))
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,
                           residual is not None, *reconstructor.center, reconstructor.scale)
                + _EXTRA_BITS.pack(input_layer_extra_bits)
@@ -163,7 +165,7 @@ def coarse_grid_from_bytes(data, coarse_resolution):
     return np.unpackbits(bits, count=cells).astype(bool).reshape((coarse_resolution,) * 3)
 
 
-def read_plane_nodes(reconstructor):
+def read_plane_nodes(fine, coarse_occupancy, resolution):
     """(index of the tri-plane lattice in fine.weights, bool [3, L+1, L+1]: the nodes some
     voxel of the mask reads), or None for a fine net without tri-planes.
 
@@ -171,22 +173,25 @@ def read_plane_nodes(reconstructor):
     coarse grid before it reads the weights, so only these nodes are stored. A voxel reads on
     plane (a, b) by its a and b coordinates alone, so the mask's shadow on that plane (the
     coarse grid's, upsampled) gives them without the R^3 mask.
+
+    Args:
+        fine: the fine keras.Model.
+        coarse_occupancy: bool [Rc, Rc, Rc], the coarse stage's grid (the mask's source).
+        resolution: R of the fine grid.
     """
-    fine = reconstructor.fine
     planes = {layer.name: layer for layer in fine.layers}.get("triplane")
     if planes is None:
         return None
-    lattice, resolution = planes.resolution, reconstructor.resolution
-    centers = voxel_centers(np.repeat(np.arange(resolution)[:, None], 3, axis=1), resolution)[:, 0]
+    lattice = planes.resolution
+    centers = voxel_centers(np.arange(resolution), resolution)
     # TriPlaneEncoding's corner rule: lower node clamped to lattice - 1, and the one above it.
     lower = np.minimum(np.floor(np.clip((centers + 1.0) * (0.5 * lattice), 0, lattice)),
                        lattice - 1).astype(np.int64)
-    cell = coarse_cells(np.arange(resolution), reconstructor.coarse_resolution, resolution)
-    coarse = reconstructor.coarse_grid()
+    cell = coarse_cells(np.arange(resolution), len(coarse_occupancy), resolution)
     read = np.zeros((len(PLANE_AXES), lattice + 1, lattice + 1), bool)
     for plane, axes in enumerate(PLANE_AXES):
         (other,) = set(range(3)) - set(axes)  # axes are in increasing order
-        a, b = np.nonzero(coarse.any(axis=other)[np.ix_(cell, cell)])
+        a, b = np.nonzero(coarse_occupancy.any(axis=other)[np.ix_(cell, cell)])
         for da in (0, 1):
             for db in (0, 1):
                 read[plane, lower[a] + da, lower[b] + db] = True
@@ -200,8 +205,13 @@ def fine_weights_as_packed(reconstructor):
     cells, read nodes that no voxel center does; zeroed, 4 epochs on the 64^3 shell of
     tests/test_pack.py no longer take 4 bits from 17 wrong voxels to 0.)
     """
-    arrays = [np.asarray(w) for w in reconstructor.fine.weights]
-    nodes = read_plane_nodes(reconstructor)
+    fine = reconstructor.fine
+    return _zero_unread_nodes(fine, read_plane_nodes(fine, reconstructor.coarse_grid(),
+                                                     reconstructor.resolution))
+
+
+def _zero_unread_nodes(fine, nodes):
+    arrays = [np.asarray(w) for w in fine.weights]
     if nodes is not None:
         index, read = nodes
         arrays[index] = np.where(read[..., None], arrays[index], 0.0).astype(np.float32)
@@ -320,7 +330,7 @@ def _decode(reader, version):
                                               coarse_resolution, "packed", metrics)
     # From version 4 the lattice holds only the nodes the mask reads (known from the coarse
     # grid); before, the mask came from a coarse net still to be decoded.
-    nodes = read_plane_nodes(reconstructor) if version >= 4 else None
+    nodes = read_plane_nodes(nets[-1], coarse, resolution) if version >= 4 else None
     coded_shapes = list(shapes)
     if nodes is not None:
         index, read = nodes
