@@ -57,7 +57,7 @@ def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits):
                 path = Path(tmp) / f"{bits}{'L' if lossless else ''}.vxz"
                 packed_model.write(path, blob)
                 result = {**decoded_figures(path, voxels), "bits": bits,
-                          "extra": sizes["input_layer_extra_bits"]}
+                          "extra": sizes["extra_bits"]}
                 if not lossless:
                     figures[f"{bits}-bit"] = result
                 elif "lossless" not in figures or result["bytes"] < figures["lossless"]["bytes"]:
@@ -86,7 +86,9 @@ def smoke_run(out_dir):
 def _label(label, figures):
     if label != "lossless":
         return label
-    return f"lossless ({figures['bits']}-bit, first layer +{figures['extra']})"
+    extra = figures["extra"]
+    return (f"lossless ({figures['bits']}-bit, first layer +{extra.input_layer}, "
+            f"tri-planes +{extra.planes})")
 
 
 def _cell(size, voxels):

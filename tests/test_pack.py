@@ -104,19 +104,23 @@ def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed)
         expected = [bits + extra.get(w.path, 0) for w in fine.weights]
         assert quantization.weight_bits(fine, bits) == expected
         assert max(expected) > bits  # the rule found both tensors
+        narrower = quantization.ExtraBits(input_layer=0, planes=3)
+        assert quantization.weight_bits(fine, bits, narrower) == [
+            bits + {"triplane/planes": 3}.get(w.path, 0) for w in fine.weights]
     # and the file holds them so: its decoded planes take values 4 bits cannot
     planes = np.asarray(vox_tf.load(packed["4"]).fine.get_layer("triplane").planes)
     steps = np.abs(planes).max() / np.abs(planes[planes != 0]).min()
     assert steps > quantization.max_level(4)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_older_format_versions_still_decode(version):
     """tests/data/format_v<version>.vxz was written by that format version (1: square-law
     tri-planes at the file's bits; 2: planes and first kernel at more bits; both hold the
     coarse net's weights; 3: the coarse grid, float16 scales, the whole lattice, a lossless
-    file with a calibrated probability residual); beside it, the weights and grid that
-    version's decoder rebuilt."""
+    file with a calibrated probability residual; 4: one-byte scales, the read tri-plane nodes
+    only, a lossless file with the first Dense kernel at 1 extra bit, the lattices' 4 not
+    recorded); beside it, the weights and grid that version's decoder rebuilt."""
     data = ROOT / "tests" / "data"
     model = vox_tf.load(data / f"format_v{version}.vxz")
     assert model.coarse_is_grid == (version >= 3)
@@ -205,13 +209,18 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     # must at least halve what quantizing alone loses
     assert 1 - tuned <= (1 - plain) / 2, (plain, tuned, results["iou"])
     assert "fine-tuning" in packed["4 stderr"]
-    # the lossless pack at the same settings reused the fine-tuned weights, and tuned them
-    # again only for the first layer's other bits
-    assert packed["4-lossless stderr"].count("fine-tuning") == 1
-    assert "4-bit fine-tuning (first layer 5 bits)" in packed["4-lossless stderr"]
-    assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == [
-        f"{name}_v{packed_model.VERSION}.npz"
-        for name in ("4bit_x1_4ep_fine", "4bit_x2_4ep_fine", "8bit_x2_2ep_fine")]
+    # the lossless pack at the same settings reused the lossy file's fine-tuned weights
+    # where it could, and tuned once for each other width
+    default = quantization.DEFAULT_EXTRA_BITS
+    tuned_again = [extra for extra in pack.LOSSLESS_EXTRA_BITS if extra != default]
+    assert packed["4-lossless stderr"].count("fine-tuning") == len(tuned_again)
+    for extra in tuned_again:
+        assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
+                f"{4 + extra.planes})") in packed["4-lossless stderr"]
+    cached = {(4, default, 4), (8, default, 2), *((4, extra, 4) for extra in tuned_again)}
+    assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
+        f"{bits}bit_{extra.name}_{epochs}ep_fine_v{pack.QUANTIZER_VERSION}.npz"
+        for bits, extra, epochs in cached)
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):
@@ -224,17 +233,22 @@ def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):
     assert np.array_equal(vox_tf.load(packed["4-lossless"]).predict_grid(), voxels.dense())
     assert decoded.resolution == RESOLUTION and np.allclose(decoded.center, voxels.center)
     assert "residual: list" in packed["4-lossless stdout"]
-    # of the two first-layer widths tried, the file is the smaller, and each is its lossy
+    # of the widths tried, the file is the smallest and records its own; each is its lossy
     # file plus the residual
-    extra = vox_tf.load(packed["4-lossless"]).metrics["input_layer_extra_bits"]
-    assert f"first layer +{extra} bits" in packed["4-lossless stdout"]
+    metrics = vox_tf.load(packed["4-lossless"]).metrics
+    extra = quantization.ExtraBits(metrics["input_layer_extra_bits"], metrics["plane_extra_bits"])
+    assert (f"first layer +{extra.input_layer} bits, tri-planes +{extra.planes}"
+            in packed["4-lossless stdout"])
     sizes = {}
-    for x in pack.LOSSLESS_INPUT_LAYER_EXTRA_BITS:
-        tuned = pack.finetuned(run_dir, 4, 4, voxels, x)
-        blob, parts = pack._lossless_file(tuned, 4, x, voxels.dense())
-        lossy, _ = packed_model.pack(tuned, 4, input_layer_extra_bits=x)
+    for width in pack.LOSSLESS_EXTRA_BITS:
+        tuned = pack.finetuned(run_dir, 4, 4, voxels, width)
+        blob, parts = pack._lossless_file(tuned, 4, width, voxels.dense())
+        lossy, _ = packed_model.pack(tuned, 4, extra_bits=width)
         assert len(blob) == len(lossy) + parts["residual"] + 13 > len(lossy)
-        sizes[x] = len(blob)
+        metrics = pack._decode_bytes(blob).metrics
+        assert (metrics["input_layer_extra_bits"], metrics["plane_extra_bits"]) == (
+            width.input_layer, width.planes)
+        sizes[width] = len(blob)
     assert packed["4-lossless"].stat().st_size == sizes[extra] == min(sizes.values())
 
 

@@ -12,14 +12,13 @@ voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory once it finishes::
 
-    quantized/<bits>bit_x<extra>_<epochs>ep_fine_v<format>.npz   (extra: the first Dense
-                                                                 kernel's extra bits)
+    quantized/<bits>bit_x<a>p<b>_<epochs>ep_fine_v<quantizer>.npz
 
-so packing again (say with --lossless) reuses it. The file format's version is in the name
-because the quantizer is part of it: weights fine-tuned for another version's quantizer are
-not reused. A lossless file is packed with the first Dense kernel at each of
-LOSSLESS_INPUT_LAYER_EXTRA_BITS more bits than the others, and the smaller file kept. Every
-figure printed is measured on the file as written, decoded back.
+(a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
+ExtraBits), so packing again (say with --lossless) reuses it. The quantizer's version is in
+the name: weights fine-tuned for another quantizer are not reused. A lossless file is packed
+with each of LOSSLESS_EXTRA_BITS and the smallest file kept. Every figure printed is measured
+on the file as written, decoded back.
 """
 
 import argparse
@@ -36,7 +35,7 @@ from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import METADATA_FILE, HierarchicalReconstructor
 from vox_tf.metrics import grid_metrics
-from vox_tf.quantization import BITS, INPUT_LAYER_EXTRA_BITS, finetune_quantized
+from vox_tf.quantization import BITS, DEFAULT_EXTRA_BITS, ExtraBits, finetune_quantized
 from vox_tf.run_layout import CONFIG_FILE, MODEL_DIR, RUN_FILE
 
 VOXELS_FILE = "voxels.npz"
@@ -48,12 +47,18 @@ FINETUNE_LR = 1e-4
 after fine-tuning from plain quantization: 8 bits 77 -> 19 (10 epochs at 1e-4; 25 at 3e-4,
 31 at 1e-3); 6 bits 2,165 -> 735 (20 epochs at 1e-4; 989 at 3e-5, 1,507 at 1e-2); 4 bits
 13,118 -> 8,872 (20 epochs at 1e-4), 6,745 at best (30 epochs at 3e-3)."""
-LOSSLESS_INPUT_LAYER_EXTRA_BITS = (INPUT_LAYER_EXTRA_BITS, 1)
-"""The first Dense kernel's extra bits a lossless file is packed with, the smaller file kept:
-a kernel with fewer bits may cost the residual less than it saves. thingi32_64444 256^3
-(63 x 128 kernel, 10 epochs of fine-tuning, format 3), 4-bit lossless 12,482 bytes at 2 ->
-11,713 at 1; thingi32_92763 15,561 -> 14,671. Not so for lossy files: the 64^3 shell of
-tests/test_pack.py (32-unit layers), 4 bits, wrong voxels 14 at 2, 117 at 1."""
+LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
+"""The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each
+fine-tuned, the smallest file kept: weights with fewer bits may cost the residual less than
+they save. On the eight 256^3 seed grids (the default search's models, 5 bits, 10 epochs) +1/+4
+was smallest on four, +0/+3 on three (thingi32_64444 11,712 -> 11,082 bytes, lzma 11,464;
+mgn10_125611516241372_TShirtNoCoat 11,109 -> 10,596; thingi32_73075 14,088 -> 14,074) and
++0/+4 on thingi32_92763 (14,158 -> 13,671); the lossy default +2/+4 on none, nor +0/+2
+(64444 11,325, 92763 14,911) or +1/+3 (92763 14,379). Part of it is the fine-tuning's draw:
+92763's residual is 1,491 bytes at +0/+4 and 2,247 at +0/+3."""
+QUANTIZER_VERSION = 4
+"""The packed format version whose quantizer fine-tuned weights are cached for (version 5
+changed the header only)."""
 
 
 def model_dir(run_dir):
@@ -84,11 +89,11 @@ def ground_truth(directory, voxel_path=None):
     return VoxelGrid.load(path)
 
 
-def finetuned(directory, bits, epochs, voxels, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS,
+def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS,
               learning_rate=FINETUNE_LR):
     """The run's reconstructor with its fine network quantized to ``bits`` (the first Dense
-    kernel ``input_layer_extra_bits`` more), fine-tuned ``epochs`` in the float32 coarse net's
-    mask (the one the file stores).
+    kernel and the tri-plane lattices ``extra_bits`` more), fine-tuned ``epochs`` in the
+    float32 coarse net's mask (the one the file stores).
 
     The result is cached in DIR/quantized/ (atomically) and reused.
     """
@@ -104,15 +109,16 @@ def finetuned(directory, bits, epochs, voxels, input_layer_extra_bits=INPUT_LAYE
                                        f"{reconstructor.resolution}")
     config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
     cache = (directory / QUANTIZED_DIR /
-             f"{bits}bit_x{input_layer_extra_bits}_{epochs}ep_fine_v{packed_model.VERSION}.npz")
+             f"{bits}bit_{extra_bits.name}_{epochs}ep_fine_v{QUANTIZER_VERSION}.npz")
     if cache.exists():
         with np.load(cache) as saved:
             reconstructor.fine.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
         return reconstructor
     print(f"fine stage: {epochs} epochs of {bits}-bit fine-tuning (first layer "
-          f"{bits + input_layer_extra_bits} bits)", file=sys.stderr)
+          f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
+          file=sys.stderr)
     finetune_quantized(reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config),
-                       bits, epochs, learning_rate, input_layer_extra_bits=input_layer_extra_bits)
+                       bits, epochs, learning_rate, extra_bits=extra_bits)
     with atomic_output(cache) as tmp:
         np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})
     return reconstructor
@@ -149,21 +155,21 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         return blob, sizes, voxels
     files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra), bits, extra,
                             voxels.dense())
-             for extra in LOSSLESS_INPUT_LAYER_EXTRA_BITS]
+             for extra in LOSSLESS_EXTRA_BITS]
     blob, sizes = min(files, key=lambda file: len(file[0]))
     return blob, sizes, voxels
 
 
-def _lossless_file(reconstructor, bits, input_layer_extra_bits, truth):
+def _lossless_file(reconstructor, bits, extra_bits, truth):
     """(bytes, sizes) of the lossless file of ``reconstructor``: its residual is taken from
     the networks as the decoder rebuilds them."""
-    blob, _ = packed_model.pack(reconstructor, bits, input_layer_extra_bits=input_layer_extra_bits)
+    blob, _ = packed_model.pack(reconstructor, bits, extra_bits=extra_bits)
     decoded = _decode_bytes(blob)
     method, data, residual_sizes = lossless.encode_residual(truth, decoded.mask(),
                                                             decoded.fine_probabilities())
     blob, sizes = packed_model.pack(reconstructor, bits,
                                     (method, data, packed_model.grid_digest(truth)),
-                                    input_layer_extra_bits)
+                                    extra_bits)
     sizes.update({f"residual_{name}": size for name, size in residual_sizes.items()})
     return blob, sizes
 
@@ -224,7 +230,7 @@ def main(argv=None) -> int:
         line += f" = {figures['bpov']:.3f} bpov, IoU {100 * figures['iou']:.3f} %"
     line += (f" (weights: ans {sizes['weights_ans']:,} B, lzma {sizes['weights_lzma']:,} B, "
              f"per tensor {sizes['weights_mixed']:,} B; kept {sizes['coder']}; first layer "
-             f"+{sizes['input_layer_extra_bits']} bits")
+             f"+{sizes['extra_bits'].input_layer} bits, tri-planes +{sizes['extra_bits'].planes}")
     if args.lossless:
         line += (f"; residual: list {sizes['residual_list']:,} B, "
                  f"probabilities {sizes['residual_probabilities']:,} B")

@@ -6,7 +6,8 @@ Layout (little-endian)::
     payload:
         grid     resolution u16, coarse resolution u16, bits u8, lossless u8,
                  center 3 x f64, scale f64, the first Dense kernel's bits beyond ``bits`` u8
-                 (version 4; 2 before)
+                 (version 4; 2 before), the tri-plane lattices' bits beyond ``bits`` u8
+                 (version 5; 4 before)
         coarse   length u32, then the coarse net's occupancy on the Rc^3 grid, bit-packed
                  (np.packbits, index order) and LZMA2-compressed
         fine net positional levels u8 (255: none), tri-plane resolution u16 (0: none),
@@ -27,10 +28,11 @@ the mask is the float32 coarse net's, so no coarse error is added. Versions 1 an
 read) held the coarse net's weights beside the fine net's (``nets`` records for both);
 version 1 also held every tensor at ``bits``, the tri-planes with square-law levels.
 
-Version 4 (:data:`VERSION`) stores the channel scales as one byte each, drops the unread
-tri-plane nodes and records the first Dense kernel's extra bits (a lossless file may take 1);
-version 3 held float16 scales, the lattice whole (its unread nodes as zeros) and that kernel
-at 2 more bits. Every older version is still read.
+Version 5 (:data:`VERSION`) records the tri-plane lattices' extra bits too (a lossless file
+may take fewer than 4). Version 4 stored the channel scales as one byte each, dropped the
+unread tri-plane nodes and recorded the first Dense kernel's extra bits; version 3 held float16
+scales, the lattice whole (its unread nodes as zeros) and that kernel at 2 more bits. Every
+older version is still read.
 
 The fine net's architecture is those few bytes: the decoder rebuilds it with
 vox_tf.models.build_occupancy_model, which fixes every tensor's shape, and sets the
@@ -52,22 +54,24 @@ from vox_tf.grid import voxel_centers
 from vox_tf.hierarchy import HierarchicalReconstructor
 from vox_tf.layers import PLANE_AXES
 from vox_tf.models import ACTIVATIONS, TriPlaneConfig, arch_of, build_occupancy_model
-from vox_tf.quantization import (INPUT_LAYER_EXTRA_BITS, QuantizedTensor, quantize,
+from vox_tf.quantization import (DEFAULT_EXTRA_BITS, ExtraBits, QuantizedTensor, quantize,
                                  quantize_model, weight_bits)
 from vox_tf.sampling import coarse_cells
 from vox_tf.weight_coding import read_weights_section, weights_section
 
 MAGIC = b"VXZ\0"
-VERSION = 4
+VERSION = 5
 SUFFIX = ".vxz"
 _PREAMBLE = struct.Struct("<4sBII")
 _GRID = struct.Struct("<HHBB3dd")
 _NET = struct.Struct("<BHBB")
 _LAYER = struct.Struct("<HB")
 _LENGTH = struct.Struct("<I")
-_EXTRA_BITS = struct.Struct("<B")
-EXTRA_BITS_BEFORE_V4 = 2
-"""The first Dense kernel's extra bits in files of versions 2 and 3 (4 records its own)."""
+_EXTRA_BITS = struct.Struct("<BB")
+_INPUT_LAYER_EXTRA_BITS = struct.Struct("<B")
+UNRECORDED_EXTRA_BITS = ExtraBits(input_layer=2, planes=4)
+"""What older files packed with and did not record: the first Dense kernel's before version
+4, the tri-plane lattices' before version 5."""
 NO_POSITIONAL = 255
 
 
@@ -106,7 +110,7 @@ def _read_net(reader, name):
                                  planes, name=name)
 
 
-def pack(reconstructor, bits, residual=None, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
+def pack(reconstructor, bits, residual=None, extra_bits=DEFAULT_EXTRA_BITS):
     """A reconstructor -> the bytes of its .vxz file, and what each part costs.
 
     Args:
@@ -116,8 +120,8 @@ def pack(reconstructor, bits, residual=None, input_layer_extra_bits=INPUT_LAYER_
             scale), all but the tri-plane nodes that no voxel of the mask reads.
         bits: one of vox_tf.quantization.BITS.
         residual: optional (method, bytes, digest) of vox_tf.lossless for a lossless file.
-        input_layer_extra_bits: the first Dense kernel's bits beyond ``bits``
-            (vox_tf.quantization.weight_bits), recorded in the file.
+        extra_bits: vox_tf.quantization.ExtraBits of the first Dense kernel and the
+            tri-plane lattices, recorded in the file.
     Returns:
         (bytes, dict of sizes: total, coarse_grid, residual, the fine weights coded each
         way (weights_ans, weights_lzma, weights_mixed, scales included) and the coder kept).
@@ -130,11 +134,11 @@ def pack(reconstructor, bits, residual=None, input_layer_extra_bits=INPUT_LAYER_
     fine = reconstructor.fine
     nodes = read_plane_nodes(fine, occupancy, reconstructor.resolution)
     tensors = [quantize(w, b) for w, b in zip(_zero_unread_nodes(fine, nodes),
-                                               weight_bits(fine, bits, input_layer_extra_bits))]
+                                               weight_bits(fine, bits, extra_bits))]
     weights, sizes = weights_section(_without_unread_nodes(tensors, nodes))
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,
                           residual is not None, *reconstructor.center, reconstructor.scale)
-               + _EXTRA_BITS.pack(input_layer_extra_bits)
+               + _EXTRA_BITS.pack(extra_bits.input_layer, extra_bits.planes)
                + _LENGTH.pack(len(coarse)) + coarse + _net_record(fine)
                + _LENGTH.pack(len(weights)) + weights)
     if residual is not None:
@@ -143,7 +147,7 @@ def pack(reconstructor, bits, residual=None, input_layer_extra_bits=INPUT_LAYER_
     blob = _PREAMBLE.pack(MAGIC, VERSION, len(payload), zlib.crc32(payload)) + payload
     return blob, {"total": len(blob), "coarse_grid": len(coarse),
                   "residual": len(residual[1]) if residual else 0,
-                  "input_layer_extra_bits": input_layer_extra_bits, **sizes}
+                  "extra_bits": extra_bits, **sizes}
 
 
 def coarse_grid_bytes(occupancy):
@@ -311,7 +315,7 @@ def read(path):
 def _decode(reader, version):
     resolution, coarse_resolution, bits, is_lossless, *rest = reader.unpack(_GRID)
     center, scale = rest[:3], rest[3]
-    (extra,) = reader.unpack(_EXTRA_BITS) if version >= 4 else (EXTRA_BITS_BEFORE_V4,)
+    extra = _read_extra_bits(reader, version)
     if version >= 3:
         (length,) = reader.unpack(_LENGTH)
         coarse = coarse_grid_from_bytes(reader.take(length), coarse_resolution)
@@ -321,7 +325,8 @@ def _decode(reader, version):
         coarse = nets[0]
     (length,) = reader.unpack(_LENGTH)
     weights = reader.take(length)
-    metrics = {"bits": bits, "input_layer_extra_bits": extra}
+    metrics = {"bits": bits, "input_layer_extra_bits": extra.input_layer,
+               "plane_extra_bits": extra.planes}
     variables = [w for net in nets for w in net.weights]
     shapes = [tuple(w.shape) for w in variables]
     tensor_bits = ([bits] * len(variables) if version == 1
@@ -351,6 +356,15 @@ def _decode(reader, version):
                                                           probabilities, version >= 3)
         metrics["grid_digest"] = digest.hex()
     return reconstructor
+
+
+def _read_extra_bits(reader, version):
+    if version >= 5:
+        return ExtraBits(*reader.unpack(_EXTRA_BITS))
+    if version == 4:
+        (input_layer,) = reader.unpack(_INPUT_LAYER_EXTRA_BITS)
+        return ExtraBits(input_layer, UNRECORDED_EXTRA_BITS.planes)
+    return UNRECORDED_EXTRA_BITS
 
 
 def lzma_bytes(grid):

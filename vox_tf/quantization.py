@@ -8,10 +8,10 @@ of it::
     w ~ s q,  |q| <= Q = 2^(b-1) - 1,  s ~ max|w| / Q,  s = 2^(k/16) for an integer k
 
 with b the file's ``bits`` for most weights and more for the two that every fine-stage
-feature passes through (:func:`weight_bits`): the tri-plane lattices (PLANE_EXTRA_BITS) and
-the kernel of the first Dense layer, which reads the encodings (INPUT_LAYER_EXTRA_BITS). At
-256^3 a file's bits were far too few for them, and they are a small share of its bytes (most
-tri-plane nodes are never read and are not stored).
+feature passes through (:func:`weight_bits`, :class:`ExtraBits`): the tri-plane lattices
+(PLANE_EXTRA_BITS) and the kernel of the first Dense layer, which reads the encodings
+(INPUT_LAYER_EXTRA_BITS). At 256^3 a file's bits were far too few for them, and they are a
+small share of its bytes (most tri-plane nodes are never read and are not stored).
 
 Scales are powers of 2^(1/16) (:data:`SCALE_STEPS_PER_OCTAVE`) so that a file stores each as
 one byte below its tensor's largest (:func:`scale_exponents`), except the one scale of a
@@ -56,8 +56,9 @@ INPUT_LAYER_EXTRA_BITS = 2
 """Bits that the first Dense kernel gets beyond the file's. Same model, every weight
 quantized (planes as above), without fine-tuning: 8-bit file 512 wrong voxels, with that
 kernel (63 x 48) at 10 bits 341; 6-bit file 2,249, at 8 bits 1,373; 4-bit file 10,415, at
-6 bits 6,029. A packed file records its own (vox_tf.pack tries 1 too for a lossless file,
-where the residual pays for what the kernel loses)."""
+6 bits 6,029. A packed file records its own and the planes' (:class:`ExtraBits`): a lossless
+file tries fewer (vox_tf.pack.LOSSLESS_EXTRA_BITS), since its residual may pay less for what
+they lose than they save."""
 SCALE_STEPS_PER_OCTAVE = 16
 """Channel scales are 2^(k / 16), steps of 4.4 %."""
 SCALE_EXPONENT_SPAN = 255
@@ -65,10 +66,32 @@ SCALE_EXPONENT_SPAN = 255
 byte each in a file. A channel further below (almost all zeros) gets the coarser scale."""
 
 
-def weight_bits(model, bits, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
-    """The bits of each of ``model.weights`` in a file of ``bits``: PLANE_EXTRA_BITS more for
-    tri-plane lattices, ``input_layer_extra_bits`` more for the first Dense kernel, ``bits``
-    for the rest.
+@dataclass(frozen=True)
+class ExtraBits:
+    """Bits beyond a file's ``bits`` for the two weights every fine-stage feature passes
+    through: the first Dense kernel and the tri-plane lattices. A packed file records both.
+
+    Example:
+        >>> ExtraBits(input_layer=0, planes=3).name
+        'x0p3'
+    """
+
+    input_layer: int = INPUT_LAYER_EXTRA_BITS
+    planes: int = PLANE_EXTRA_BITS
+
+    @property
+    def name(self):
+        """Short form for file names and reports: x<input layer>p<planes>."""
+        return f"x{self.input_layer}p{self.planes}"
+
+
+DEFAULT_EXTRA_BITS = ExtraBits()
+
+
+def weight_bits(model, bits, extra_bits=DEFAULT_EXTRA_BITS):
+    """The bits of each of ``model.weights`` in a file of ``bits``: ``extra_bits.planes`` more
+    for tri-plane lattices, ``extra_bits.input_layer`` more for the first Dense kernel,
+    ``bits`` for the rest.
 
     Example:
         >>> weight_bits(build_occupancy_model("16:relu"), 8)  # planes, kernel, bias, output layer
@@ -76,8 +99,8 @@ def weight_bits(model, bits, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
     """
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     first_kernel = dense[0].kernel if dense else None
-    return [bits + PLANE_EXTRA_BITS if len(w.shape) == 4
-            else bits + input_layer_extra_bits if w is first_kernel else bits
+    return [bits + extra_bits.planes if len(w.shape) == 4
+            else bits + extra_bits.input_layer if w is first_kernel else bits
             for w in model.weights]
 
 
@@ -222,22 +245,22 @@ def _single_scale(flat, top):
     return np.array([best], np.float32)
 
 
-def quantize_model(model, bits, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
+def quantize_model(model, bits, extra_bits=DEFAULT_EXTRA_BITS):
     """QuantizedTensor per weight of ``model``, in ``model.weights`` order, each at its
     :func:`weight_bits` in a file of ``bits``."""
     return [quantize(np.asarray(w), b)
-            for w, b in zip(model.weights, weight_bits(model, bits, input_layer_extra_bits))]
+            for w, b in zip(model.weights, weight_bits(model, bits, extra_bits))]
 
 
-def set_quantized(model, bits, input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
+def set_quantized(model, bits, extra_bits=DEFAULT_EXTRA_BITS):
     """Replaces ``model``'s weights by their dequantized k-bit values; returns the tensors."""
-    tensors = quantize_model(model, bits, input_layer_extra_bits)
+    tensors = quantize_model(model, bits, extra_bits)
     model.set_weights([t.dequantize() for t in tensors])
     return tensors
 
 
 def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=None,
-                       input_layer_extra_bits=INPUT_LAYER_EXTRA_BITS):
+                       extra_bits=DEFAULT_EXTRA_BITS):
     """Quantization-aware fine-tuning of one stage; leaves ``model`` holding k-bit weights.
 
     Starts from the plain quantization of ``model`` and keeps whichever quantized weights
@@ -252,7 +275,7 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
         learning_rate: Adam's at the start, decayed to 0 along half a cosine (measured
             choices: vox_tf.pack.FINETUNE_LR).
         evaluate_every: epochs between grid evaluations (default: every epoch).
-        input_layer_extra_bits: the first Dense kernel's bits beyond ``bits`` (:func:`weight_bits`).
+        extra_bits: ExtraBits of the first Dense kernel and the planes (:func:`weight_bits`).
     Returns:
         dict: wrong_voxels of the plain and of the kept quantization, and the epoch kept.
 
@@ -261,14 +284,14 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
         {'wrong_voxels_plain': 77, 'wrong_voxels': 19, 'epoch': 10}
     """
     shadow = [tf.Variable(np.asarray(w), trainable=False) for w in model.trainable_weights]
-    set_quantized(model, bits, input_layer_extra_bits)
+    set_quantized(model, bits, extra_bits)
     best_wrong = plain_wrong = data.evaluate(model, with_chamfer=False)["wrong_voxels"]
     best, best_epoch = model.get_weights(), 0
     steps = int(data.dataset.cardinality()) * max(epochs, 1)
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
     loss_fn = keras.losses.BinaryCrossentropy()
     bits_of = {id(w): b for w, b in zip(model.weights,
-                                        weight_bits(model, bits, input_layer_extra_bits))}
+                                        weight_bits(model, bits, extra_bits))}
     bits_per_weight = [bits_of[id(w)] for w in model.trainable_weights]
     tops = [max_level(b) for b in bits_per_weight]
 
@@ -296,7 +319,7 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
         if epoch % every and epoch != epochs:
             continue
         model.set_weights([np.asarray(s) for s in shadow])
-        set_quantized(model, bits, input_layer_extra_bits)
+        set_quantized(model, bits, extra_bits)
         wrong = data.evaluate(model, with_chamfer=False)["wrong_voxels"]
         if wrong < best_wrong:
             best_wrong, best, best_epoch = wrong, model.get_weights(), epoch
