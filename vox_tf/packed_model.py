@@ -124,7 +124,8 @@ def pack(reconstructor, bits, residual=None, extra_bits=DEFAULT_EXTRA_BITS):
             tri-plane lattices, recorded in the file.
     Returns:
         (bytes, dict of sizes: total, coarse_grid, residual, the fine weights coded each
-        way (weights_ans, weights_lzma, weights_mixed, scales included) and the coder kept).
+        way (weights_ans, weights_lzma, weights_mixed, scales included), the coder kept and
+        the extra_bits).
 
     Example:
         >>> data, sizes = pack(vox_tf.load("runs/bunny"), 8)
