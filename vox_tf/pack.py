@@ -153,8 +153,8 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
     if not lossless_mode:
         blob, sizes = packed_model.pack(finetuned(directory, bits, epochs, voxels), bits)
         return blob, sizes, voxels
-    files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra), bits, extra,
-                            voxels.dense())
+    truth = voxels.dense()
+    files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra), bits, extra, truth)
              for extra in LOSSLESS_EXTRA_BITS]
     blob, sizes = min(files, key=lambda file: len(file[0]))
     return blob, sizes, voxels
