@@ -113,14 +113,14 @@ def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed)
     assert steps > quantization.max_level(4)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_older_format_versions_still_decode(version):
     """tests/data/format_v<version>.vxz was written by that format version (1: square-law
     tri-planes at the file's bits; 2: planes and first kernel at more bits; both hold the
     coarse net's weights; 3: the coarse grid, float16 scales, the whole lattice, a lossless
     file with a calibrated probability residual; 4: one-byte scales, the read tri-plane nodes
     only, a lossless file with the first Dense kernel at 1 extra bit, the lattices' 4 not
-    recorded); beside it, the weights and grid that version's decoder rebuilt."""
+    recorded; 5: both recorded, the coarse grid as LZMA2, one byte per channel scale); beside it, the weights and grid that version's decoder rebuilt."""
     data = ROOT / "tests" / "data"
     model = vox_tf.load(data / f"format_v{version}.vxz")
     assert model.coarse_is_grid == (version >= 3)
