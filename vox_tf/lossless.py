@@ -117,7 +117,7 @@ def encode_probabilities(truth, mask, probabilities):
     temperature = min((np.float16(t) for t in TEMPERATURES),
                       key=lambda t: _ideal_bits(inside, calibrated(probabilities, t)))
     return (_with_length(encode_list(np.flatnonzero(truth & ~mask))) + temperature.tobytes()
-            + _bernoulli_encode(inside, calibrated(probabilities, temperature)))
+            + bernoulli_encode(inside, calibrated(probabilities, temperature)))
 
 
 def encode_residual(truth, mask, probabilities):
@@ -169,7 +169,7 @@ def decode_residual(method, data, mask, probabilities=None, calibrated_coding=Tr
     if calibrated_coding:
         coded = calibrated(probabilities, np.frombuffer(data[at:at + 2], np.float16)[0])
         at += 2
-    truth = _bernoulli_decode(data[at:], coded)
+    truth = BernoulliDecoder(data[at:]).decode(coded)
     wrong_inside = inside[truth != (np.asarray(probabilities) > 0.5)]
     return np.union1d(wrong_inside, outside)
 
@@ -178,15 +178,27 @@ def _with_length(data):
     return len(data).to_bytes(4, "little") + data
 
 
-def _bernoulli_encode(bits, probabilities):
+def bernoulli_encode(bits, probabilities):
+    """bool [N] -> bytes: constriction's ANS stream of ``bits``, bit i under a Bernoulli model
+    of P(1) = probabilities[i] (:func:`rounded_probabilities` first).
+
+    Example:
+        >>> BernoulliDecoder(bernoulli_encode([True, False], [0.9, 0.2])).decode([0.9, 0.2])
+        array([ True, False])
+    """
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(np.asarray(bits, np.int32), _BERNOULLI,
                          rounded_probabilities(probabilities))
     return coder.get_compressed().tobytes()
 
 
-def _bernoulli_decode(data, probabilities):
-    words = np.frombuffer(data, np.uint32).copy()
-    coder = constriction.stream.stack.AnsCoder(words)
-    return coder.decode(_BERNOULLI,
-                        rounded_probabilities(probabilities)).astype(bool)
+class BernoulliDecoder:
+    """Reads a :func:`bernoulli_encode` stream front to back, any number of bits per call, so
+    a decoder may compute the next bits' probabilities from the bits before them."""
+
+    def __init__(self, data):
+        self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, np.uint32).copy())
+
+    def decode(self, probabilities):
+        """bool [N]: the next N bits, with the probabilities the encoder gave them."""
+        return self._coder.decode(_BERNOULLI, rounded_probabilities(probabilities)).astype(bool)

@@ -57,8 +57,8 @@ mgn10_125611516241372_TShirtNoCoat 11,109 -> 10,596; thingi32_73075 14,088 -> 14
 (64444 11,325, 92763 14,911) or +1/+3 (92763 14,379). Part of it is the fine-tuning's draw:
 92763's residual is 1,491 bytes at +0/+4 and 2,247 at +0/+3."""
 QUANTIZER_VERSION = 4
-"""The packed format version whose quantizer fine-tuned weights are cached for (version 5
-changed the header only)."""
+"""The packed format version whose quantizer fine-tuned weights are cached for (versions 5
+and 6 changed how a file stores them, not the weights)."""
 
 
 def model_dir(run_dir):

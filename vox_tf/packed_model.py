@@ -8,8 +8,9 @@ Layout (little-endian)::
                  center 3 x f64, scale f64, the first Dense kernel's bits beyond ``bits`` u8
                  (version 4; 2 before), the tri-plane lattices' bits beyond ``bits`` u8
                  (version 5; 4 before)
-        coarse   length u32, then the coarse net's occupancy on the Rc^3 grid, bit-packed
-                 (np.packbits, index order) and LZMA2-compressed
+        coarse   length u32, then the coarse net's occupancy on the Rc^3 grid
+                 (vox_tf.grid_coding: version 6 context-codes it or takes LZMA2, whichever
+                 is smaller; versions 3-5 bit-packed it and took LZMA2)
         fine net positional levels u8 (255: none), tri-plane resolution u16 (0: none),
                  tri-plane channels u8, layers u8, then per layer units u16 and activation
                  u8 (index in vox_tf.models.ACTIVATIONS)
@@ -22,13 +23,15 @@ Layout (little-endian)::
                  since version 3)
 
 The coarse stage is stored as what it computes, not as the network: the coarse net is only
-ever asked on the Rc^3 grid, and its prediction there costs 190-610 bytes on the eight
-256^3 seed grids where the net takes 1,077-2,665 at 4 bits (9-21 % of a 4-bit file);
+ever asked on the Rc^3 grid, and its prediction there costs 109-349 bytes on the eight
+256^3 seed grids (190-610 as LZMA2) where the net takes 1,077-2,665 at 4 bits;
 the mask is the float32 coarse net's, so no coarse error is added. Versions 1 and 2 (still
 read) held the coarse net's weights beside the fine net's (``nets`` records for both);
 version 1 also held every tensor at ``bits``, the tri-planes with square-law levels.
 
-Version 5 (:data:`VERSION`) records the tri-plane lattices' extra bits too (a lossless file
+Version 6 (:data:`VERSION`) context-codes the coarse grid (CODED_GRID_SINCE) and entropy-codes
+the channel scales (vox_tf.weight_coding.CODED_SCALES_SINCE): 137-445 bytes less a file on
+the eight seed grids. Version 5 recorded the tri-plane lattices' extra bits too (a lossless file
 may take fewer than 4). Version 4 stored the channel scales as one byte each, dropped the
 unread tri-plane nodes and recorded the first Dense kernel's extra bits; version 3 held float16
 scales, the lattice whole (its unread nodes as zeros) and that kernel at 2 more bits. Every
@@ -47,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vox_tf import lossless
+from vox_tf import grid_coding, lossless
 from vox_tf.errors import MeshError
 from vox_tf.files import atomic_output
 from vox_tf.grid import voxel_centers
@@ -60,7 +63,9 @@ from vox_tf.sampling import coarse_cells
 from vox_tf.weight_coding import read_weights_section, weights_section
 
 MAGIC = b"VXZ\0"
-VERSION = 5
+VERSION = 6
+CODED_GRID_SINCE = 6
+"""Files of this version on hold the coarse grid context-coded (vox_tf.grid_coding)."""
 SUFFIX = ".vxz"
 _PREAMBLE = struct.Struct("<4sBII")
 _GRID = struct.Struct("<HHBB3dd")
@@ -131,7 +136,7 @@ def pack(reconstructor, bits, residual=None, extra_bits=DEFAULT_EXTRA_BITS):
         >>> data, sizes = pack(vox_tf.load("runs/bunny"), 8)
     """
     occupancy = reconstructor.coarse_grid()  # a coarse net call for a run directory: once
-    coarse = coarse_grid_bytes(occupancy)
+    coarse = grid_coding.encode_grid(occupancy)
     fine = reconstructor.fine
     nodes = read_plane_nodes(fine, occupancy, reconstructor.resolution)
     tensors = [quantize(w, b) for w, b in zip(_zero_unread_nodes(fine, nodes),
@@ -149,25 +154,6 @@ def pack(reconstructor, bits, residual=None, extra_bits=DEFAULT_EXTRA_BITS):
     return blob, {"total": len(blob), "coarse_grid": len(coarse),
                   "residual": len(residual[1]) if residual else 0,
                   "extra_bits": extra_bits, **sizes}
-
-
-def coarse_grid_bytes(occupancy):
-    """bool [Rc, Rc, Rc] -> its bits (np.packbits, index order) as a raw LZMA2 stream.
-
-    Example:
-        >>> len(coarse_grid_bytes(np.zeros((32, 32, 32), bool)))  # 4,096 bytes of zeros
-        14
-    """
-    return lossless.compress(np.packbits(np.asarray(occupancy, bool)).tobytes())
-
-
-def coarse_grid_from_bytes(data, coarse_resolution):
-    """Inverse of :func:`coarse_grid_bytes`; ValueError when the bits are not Rc^3."""
-    bits = np.frombuffer(lossless.decompress(data), np.uint8)
-    cells = coarse_resolution ** 3
-    if len(bits) != (cells + 7) // 8:
-        raise ValueError(f"a coarse grid of {len(bits)} bytes for {coarse_resolution}^3 cells")
-    return np.unpackbits(bits, count=cells).astype(bool).reshape((coarse_resolution,) * 3)
 
 
 def read_plane_nodes(fine, coarse_occupancy, resolution):
@@ -319,7 +305,9 @@ def _decode(reader, version):
     extra = _read_extra_bits(reader, version)
     if version >= 3:
         (length,) = reader.unpack(_LENGTH)
-        coarse = coarse_grid_from_bytes(reader.take(length), coarse_resolution)
+        decode_grid = (grid_coding.decode_grid if version >= CODED_GRID_SINCE
+                       else grid_coding.decode_lzma_grid)
+        coarse = decode_grid(reader.take(length), coarse_resolution)
         nets = [_read_net(reader, "fine")]
     else:
         nets = [_read_net(reader, name) for name in ("coarse", "fine")]

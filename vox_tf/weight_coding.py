@@ -2,10 +2,13 @@
 
 Layout (little-endian), tensors in model.weights order::
 
-    scales   version 4: per tensor of C > 1 channels the largest scale exponent k (i16), then
-             one byte per channel: how many 2^(1/16) steps its scale lies below that
-             (vox_tf.quantization.scale_exponents); per tensor of one channel its float16
-             scale; versions 1-3: float16 per channel
+    scales   version 6: per tensor of C > 1 channels the median scale exponent k (i16;
+             vox_tf.quantization.scale_exponents), per tensor of one channel its float16
+             scale, then each channel's k minus its tensor's median, ANS-coded under one
+             quantized Laplace model (float16 scale, u32 length, stream) (:func:`scale_bytes`);
+             versions 4-5: per tensor of C > 1 channels the largest k (i16), then one byte
+             per channel: how many 2^(1/16) steps its scale lies below that; versions 1-3:
+             float16 per channel
     levels   one coder byte per tensor (ANS or LZMA), the float16 Laplace scale of each ANS
              tensor, the length (u32) of the ANS stream, the ANS stream of those tensors, then
              one LZMA2 stream of the others (:func:`encode_levels`)
@@ -30,6 +33,8 @@ CODER_NAMES = {ANS: "ans", LZMA: "lzma"}
 _EXPONENT = struct.Struct("<h")
 FLOAT16_SCALES_BEFORE = 4
 """Files of versions below this hold float16 channel scales."""
+CODED_SCALES_SINCE = 6
+"""Files of this version on hold the channel scales entropy-coded (:func:`scale_bytes`)."""
 
 
 def channel_count(shape):
@@ -54,6 +59,16 @@ def _ans_encode(levels, scales, top):
         coder.encode_reverse(levels, constriction.stream.model.QuantizedLaplace(-top, top),
                              np.zeros(len(levels)), scales)
     return coder.get_compressed().tobytes()
+
+
+def _ans_decode(data, laplace_scales, top):
+    """Inverse of :func:`_ans_encode`: int32 [N] for N = len(laplace_scales)."""
+    if not len(laplace_scales):
+        return np.zeros(0, np.int32)
+    words = np.frombuffer(data, np.uint32).copy()
+    return constriction.stream.stack.AnsCoder(words).decode(
+        constriction.stream.model.QuantizedLaplace(-top, top), np.zeros(len(laplace_scales)),
+        laplace_scales)
 
 
 def _level_ranges(tensor_bits, coders):
@@ -108,12 +123,8 @@ def decode_levels(data, shapes, tensor_bits):
     (ans_length,) = struct.unpack_from("<I", data, at)
     at += 4
     ans_sizes = [n for n, c in zip(sizes, coders) if c == ANS]
-    ans_levels = np.zeros(0, np.int32)
-    if n_ans:
-        words = np.frombuffer(data[at:at + ans_length], np.uint32).copy()
-        ans_levels = constriction.stream.stack.AnsCoder(words).decode(
-            constriction.stream.model.QuantizedLaplace(-top, top), np.zeros(sum(ans_sizes)),
-            np.repeat(laplace.astype(np.float64), ans_sizes))
+    ans_levels = _ans_decode(data[at:at + ans_length],
+                             np.repeat(laplace.astype(np.float64), ans_sizes), top)
     rest = data[at + ans_length:]
     lzma_levels = (np.frombuffer(lossless.decompress(rest), lzma_dtype).astype(np.int32)
                    if rest else np.zeros(0, np.int32))
@@ -127,28 +138,39 @@ def decode_levels(data, shapes, tensor_bits):
 
 
 def scale_bytes(tensors):
-    """The version-4 scales of ``tensors`` (QuantizedTensors of vox_tf.quantization.quantize):
-    per tensor of C > 1 channels its largest exponent (i16) and one byte per channel below it;
-    per tensor of one channel its float16 scale.
+    """The version-6 scales of ``tensors`` (QuantizedTensors of vox_tf.quantization.quantize):
+    per tensor of C > 1 channels its median exponent (i16), per tensor of one channel its
+    float16 scale; then every channel's exponent minus its tensor's median, ANS-coded under
+    one quantized Laplace model (float16 scale, u32 stream length, stream).
 
     Example:
-        >>> len(scale_bytes([quantize(np.ones((4, 3)), 8), quantize(np.ones(3), 8)]))  # 2 + 3, 2
-        7
+        >>> len(scale_bytes([quantize(np.ones((4, 3)), 8), quantize(np.ones(3), 8)]))  # 2, 2, 2 + 4 + 4
+        14
     """
-    out = b""
+    heads, deviations = b"", []
     for tensor in tensors:
         if len(tensor.scales) == 1:
-            out += tensor.scales.astype(np.float16).tobytes()
+            heads += tensor.scales.astype(np.float16).tobytes()
             continue
         exponents = scale_exponents(tensor.scales)
         if not np.array_equal(scales_from_exponents(exponents), tensor.scales):
             raise ValueError("channel scales that are not powers of 2^(1/16)")
-        largest = int(exponents.max())
-        below = largest - exponents
-        if below.max() > SCALE_EXPONENT_SPAN:
+        if exponents.max() - exponents.min() > SCALE_EXPONENT_SPAN:
             raise ValueError(f"channel scales more than {SCALE_EXPONENT_SPAN} steps apart")
-        out += _EXPONENT.pack(largest) + below.astype(np.uint8).tobytes()
-    return out
+        median = _median(exponents)
+        heads += _EXPONENT.pack(median)
+        deviations.append(exponents - median)
+    deviations = np.concatenate(deviations or [np.zeros(0, np.int32)]).astype(np.int32)
+    laplace = np.float16(max(np.abs(deviations).mean(), 0.1) if len(deviations) else 1.0)
+    stream = _ans_encode(deviations, np.full(len(deviations), laplace, np.float64),
+                         SCALE_EXPONENT_SPAN)
+    return heads + laplace.tobytes() + struct.pack("<I", len(stream)) + stream
+
+
+def _median(exponents):
+    """The middle exponent (the upper one of an even count): the centre that makes a Laplace
+    model's deviations smallest."""
+    return int(np.sort(exponents)[len(exponents) // 2])
 
 
 def _decode_scales(data, shapes, version):
@@ -160,13 +182,12 @@ def _decode_scales(data, shapes, version):
         if len(flat) != sum(channels):
             raise ValueError("the weights section ends inside its scales")
         return np.split(flat, np.cumsum(channels)[:-1]), size
+    if version >= CODED_SCALES_SINCE:
+        return _decode_coded_scales(data, channels)
     scales, at = [], 0
     for count in channels:
         if count == 1:
-            scale = np.frombuffer(data[at:at + 2], np.float16)
-            if len(scale) != 1:
-                raise ValueError("the weights section ends inside its scales")
-            scales.append(scale.astype(np.float32))
+            scales.append(_float16_scale(data, at))
             at += 2
             continue
         (largest,) = _EXPONENT.unpack_from(data, at)
@@ -176,6 +197,35 @@ def _decode_scales(data, shapes, version):
         scales.append(scales_from_exponents(largest - below.astype(np.int32)))
         at += _EXPONENT.size + count
     return scales, at
+
+
+def _float16_scale(data, at):
+    scale = np.frombuffer(data[at:at + 2], np.float16)
+    if len(scale) != 1:
+        raise ValueError("the weights section ends inside its scales")
+    return scale.astype(np.float32)
+
+
+def _decode_coded_scales(data, channels):
+    """Inverse of :func:`scale_bytes`: (the scales of each tensor, bytes they took)."""
+    heads, at = [], 0
+    for count in channels:
+        if count == 1:
+            heads.append(_float16_scale(data, at))
+            at += 2
+        else:
+            heads.append(_EXPONENT.unpack_from(data, at)[0])
+            at += _EXPONENT.size
+    laplace = _float16_scale(data, at)[0]
+    (length,) = struct.unpack_from("<I", data, at + 2)
+    at += 6
+    wide = [count for count in channels if count > 1]
+    deviations = _ans_decode(data[at:at + length], np.full(sum(wide), laplace, np.float64),
+                             SCALE_EXPONENT_SPAN)
+    deviations = iter(np.split(deviations, np.cumsum(wide)[:-1]) if wide else [])
+    scales = [head if count == 1 else scales_from_exponents(head + next(deviations))
+              for head, count in zip(heads, channels)]
+    return scales, at + length
 
 
 def weights_section(tensors):
