@@ -42,9 +42,10 @@ def channel_count(shape):
     return shape[-1] if len(shape) > 1 else 1
 
 
-def _laplace_scale(tensor):
-    """The maximum-likelihood Laplace scale of a tensor's levels, as float16 (>= 0.1)."""
-    return np.float16(max(np.abs(tensor.levels).mean(), 0.1))
+def _laplace_scale(levels):
+    """The maximum-likelihood Laplace scale of integer ``levels`` (a tensor's, or the scale
+    exponents' deviations), as float16 (>= 0.1)."""
+    return np.float16(max(np.abs(levels).mean(), 0.1))
 
 
 def _flat_levels(tensors):
@@ -85,7 +86,7 @@ def encode_levels(tensors, coders):
     8 bits)."""
     ans_top, lzma_dtype = _level_ranges([t.bits for t in tensors], coders)
     by_ans = [t for t, c in zip(tensors, coders) if c == ANS]
-    laplace = np.array([_laplace_scale(t) for t in by_ans], np.float16)
+    laplace = np.array([_laplace_scale(t.levels) for t in by_ans], np.float16)
     ans = _ans_encode(_flat_levels(by_ans),
                       np.repeat(laplace.astype(np.float64), [t.levels.size for t in by_ans]),
                       ans_top)
@@ -144,7 +145,8 @@ def scale_bytes(tensors):
     one quantized Laplace model (float16 scale, u32 stream length, stream).
 
     Example:
-        >>> len(scale_bytes([quantize(np.ones((4, 3)), 8), quantize(np.ones(3), 8)]))  # 2, 2, 2 + 4 + 4
+        >>> # median (2), float16 scale (2), Laplace scale (2), length (4), one ANS word (4)
+        >>> len(scale_bytes([quantize(np.ones((4, 3)), 8), quantize(np.ones(3), 8)]))
         14
     """
     heads, deviations = b"", []
@@ -161,7 +163,7 @@ def scale_bytes(tensors):
         heads += _EXPONENT.pack(median)
         deviations.append(exponents - median)
     deviations = np.concatenate(deviations or [np.zeros(0, np.int32)]).astype(np.int32)
-    laplace = np.float16(max(np.abs(deviations).mean(), 0.1) if len(deviations) else 1.0)
+    laplace = _laplace_scale(deviations) if len(deviations) else np.float16(1.0)
     stream = _ans_encode(deviations, np.full(len(deviations), laplace, np.float64),
                          SCALE_EXPONENT_SPAN)
     return heads + laplace.tobytes() + struct.pack("<I", len(stream)) + stream
