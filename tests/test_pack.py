@@ -125,7 +125,8 @@ def test_older_format_versions_still_decode(version):
     coarse net's weights; 3: the coarse grid, float16 scales, the whole lattice, a lossless
     file with a calibrated probability residual; 4: one-byte scales, the read tri-plane nodes
     only, a lossless file with the first Dense kernel at 1 extra bit, the lattices' 4 not
-    recorded; 5: both recorded, the coarse grid as LZMA2, one byte per channel scale); beside it, the weights and grid that version's decoder rebuilt."""
+    recorded; 5: both recorded, the coarse grid as LZMA2, one byte per channel scale); beside
+    it, the weights and grid that version's decoder rebuilt."""
     data = ROOT / "tests" / "data"
     model = vox_tf.load(data / f"format_v{version}.vxz")
     assert model.coarse_is_grid == (version >= 3)
@@ -286,17 +287,19 @@ def test_coarse_grids_decode_exactly_and_take_the_smaller_coding():
     rng = np.random.default_rng(4)
     centers = voxel_centers(np.argwhere(np.ones((32,) * 3)), 32).reshape(32, 32, 32, 3)
     noise = ndimage.gaussian_filter(rng.normal(size=(32, 32, 32)), 4)
-    bumpy = np.abs(np.linalg.norm(centers, axis=-1) + 0.2 * noise / np.abs(noise).max() - 0.6) < 1 / 32
+    radius = np.linalg.norm(centers, axis=-1) + 0.2 * noise / np.abs(noise).max()
+    bumpy = np.abs(radius - 0.6) < 1 / 32
     # a smooth ellipsoid's shell, pooled: rows that repeat from slice to slice, LZMA's case
-    fine = np.linalg.norm(voxel_centers(np.argwhere(np.ones((64,) * 3)), 64) * [1, 0.8, 1.2], axis=1)
+    fine_centers = voxel_centers(np.argwhere(np.ones((64,) * 3)), 64)
+    fine = np.linalg.norm(fine_centers * [1, 0.8, 1.2], axis=1)
     ellipsoid = (np.abs(fine - 0.6) < 1 / 64).reshape(32, 2, 32, 2, 32, 2).any(axis=(1, 3, 5))
     for grid in (bumpy, ellipsoid, rng.random((17, 17, 17)) < 0.3, np.zeros((8,) * 3, bool),
                  np.ones((5,) * 3, bool)):
         data = grid_coding.encode_grid(grid)
         assert np.array_equal(grid_coding.decode_grid(data, len(grid)), grid)
     lzma_size = len(lossless.compress(np.packbits(bumpy).tobytes()))
-    assert grid_coding.encode_grid(bumpy)[0] == grid_coding.CONTEXT
-    assert len(grid_coding.encode_grid(bumpy)) < 0.9 * lzma_size
+    coded = grid_coding.encode_grid(bumpy)
+    assert coded[0] == grid_coding.CONTEXT and len(coded) < 0.9 * lzma_size
     assert grid_coding.encode_grid(ellipsoid)[0] == grid_coding.LZMA
 
 
