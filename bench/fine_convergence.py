@@ -7,7 +7,8 @@ The coarse stage is trained once (quick.yaml's net 32:swish,24:swish,32:swish wi
 tri-planes, 150 epochs); then each variant trains the same fine net from the same seed for the
 same epochs (cosine from 1e-2 to 1e-5, batch 2048, grid evaluation every 10 epochs, XLA), and
 the script prints its wrong voxels, IoU, parameters and wall seconds. A variant is
-``L<positional levels>``, optionally ``+focus<fraction>`` (vox_tf.error_focus). A focused
+``L<positional levels>``, optionally ``+T<tri-plane cells per side>[c<channels>]`` (``T0``: no
+tri-planes; without it 32 x 2) and ``+focus<fraction>`` (vox_tf.error_focus). A focused
 epoch costs what a plain one does, so equal epochs mean equal work.
 
 ``--smoke``: a built-in torus at 32^3, 2 epochs.
@@ -34,11 +35,19 @@ SMOKE = {"grid": "torus", "epochs": 2, "coarse_epochs": 2, "eval_every": 1, "var
 
 
 def parse_variant(text):
-    """'L9+focus0.5' -> {"positional_levels": 9, "focus": 0.5}."""
-    match = re.fullmatch(r"L(\d+)(?:\+focus(0?\.\d+))?", text.strip())
+    """'L9+T16c1+focus0.5' -> {"positional_levels": 9, "triplane_resolution": 16,
+    "triplane_channels": 1, "focus": 0.5}; T0 means no tri-planes, no T the default 32 x 2."""
+    match = re.fullmatch(r"L(\d+)(?:\+T(\d+)(?:c(\d+))?)?(?:\+focus(0?\.\d+))?", text.strip())
     if not match:
-        raise SystemExit(f"bad variant {text!r}: expected L<levels>[+focus<fraction>], e.g. L9+focus0.5")
-    return {"positional_levels": int(match[1]), "focus": float(match[2] or 0.0)}
+        raise SystemExit(f"bad variant {text!r}: expected L<levels>[+T<res>[c<channels>]]"
+                         f"[+focus<fraction>], e.g. L9+T16c1+focus0.5")
+    levels, resolution, channels, focus = match.groups()
+    variant = {"positional_levels": int(levels), "focus": float(focus or 0.0)}
+    if resolution is not None:
+        variant["triplane_resolution"] = int(resolution) or None
+    if channels is not None:
+        variant["triplane_channels"] = int(channels)
+    return variant
 
 
 def load_grid(name):

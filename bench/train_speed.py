@@ -33,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from _common import parse_args  # noqa: E402
 from vox_tf.models import build_occupancy_model, input_features  # noqa: E402
+from vox_tf.sampling import without_autotune  # noqa: E402
 from vox_tf.stage_training import STEPS_PER_EXECUTION  # noqa: E402
 
 SMOKE = {"steps": 2, "batches": 2, "rounds": 1}
@@ -82,7 +83,10 @@ def training_run(arch, jit, steps_per_execution):
     rng = np.random.default_rng(0)
     points = rng.uniform(-1, 1, (TRAIN_BATCH * 16, 3)).astype(np.float32)
     labels = (np.linalg.norm(points, axis=1, keepdims=True) < 0.6).astype(np.float32)
-    data = tf.data.Dataset.from_tensor_slices((points, labels)).batch(TRAIN_BATCH).cache().repeat()
+    # Each round's fit() makes a new iterator, as each of the trainer's epochs does: without
+    # autotuning, as the trainer's streams run (vox_tf.sampling.without_autotune).
+    data = without_autotune(
+        tf.data.Dataset.from_tensor_slices((points, labels)).batch(TRAIN_BATCH).cache().repeat())
 
     def run(steps):
         model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
