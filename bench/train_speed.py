@@ -1,11 +1,15 @@
 """Training and inference speed of the reference's fine network on this machine's CPU.
 
-    python bench/train_speed.py [--arch ARCH] [--steps 160] [--rounds 5] [--batches 20] [--smoke]
+    python bench/train_speed.py [--arch ARCH] [--steps 160] [--rounds 5] [--batches 20]
+        [--shape dumbbell] [--resolution 256] [--epochs 6] [--smoke]
 
 Prints, with and without XLA (jit_compile): training samples/s (batch 4096, Adam, BCE, the
 way vox_tf.train trains) at one step per Keras call and at the trainer's
 vox_tf.stage_training.STEPS_PER_EXECUTION, inference points/s (65,536-point batches, the way
-vox_tf.hierarchy reconstructs), the GFLOP/s this means, and the machine's peak.
+vox_tf.hierarchy reconstructs), the GFLOP/s this means, and the machine's peak. Then whole
+fine epochs as the trainer runs them (a built-in shape's fine sample set under its pooled
+32^3 grid's mask, batch 2048, XLA, a new iterator each epoch): samples/s over the epochs, with
+their stalls, and user+system time against wall.
 
 FLOPs counted: 2 per multiply-add of the Dense layers (the encodings and activations are a
 few percent more and not counted); a training step is taken as 3x a forward pass (forward,
@@ -16,7 +20,7 @@ Peak: cores x GHz x FP32 FLOPs per cycle per core. With AVX-512 and two FMA unit
 512-bit instructions on 256-bit units, so 32 there. GHz is the nominal clock that lscpu /
 /proc/cpuinfo report (turbo ignored).
 
-``--smoke``: one round of 2 timed training steps, and 2 inference batches.
+``--smoke``: one round of 2 timed training steps, 2 inference batches, one 32^3 epoch.
 """
 
 import argparse
@@ -33,10 +37,15 @@ import tensorflow as tf  # noqa: E402
 
 from _common import parse_args  # noqa: E402
 from vox_tf.models import build_occupancy_model, input_features  # noqa: E402
-from vox_tf.sampling import without_autotune  # noqa: E402
+from vox_tf.mesh_io import from_trimesh  # noqa: E402
+from vox_tf.sampling import coarse_grid, fine_samples, upsample_mask, without_autotune  # noqa: E402
+from vox_tf.shapes import builtin_shape  # noqa: E402
+from vox_tf.stage_training import compile_for_training  # noqa: E402
+from vox_tf.train_config import TrainConfig  # noqa: E402
+from vox_tf.voxelize import voxelize  # noqa: E402
 from vox_tf.stage_training import STEPS_PER_EXECUTION  # noqa: E402
 
-SMOKE = {"steps": 2, "batches": 2, "rounds": 1}
+SMOKE = {"steps": 2, "batches": 2, "rounds": 1, "resolution": 32, "epochs": 1}
 REFERENCE_FINE = "128:elu,64:swish,64:elu,64:relu,128:swish,128:swish"
 TRAIN_BATCH = 4096
 PREDICT_BATCH = 65536
@@ -114,12 +123,30 @@ def inference_rate(arch, jit, batches):
     return batches * PREDICT_BATCH / (time.perf_counter() - start)
 
 
+def trainer_epochs(arch, shape, resolution, epochs):
+    """(samples per epoch, samples/s, user+system / wall) of ``epochs`` fine epochs after one
+    warm-up epoch, trained the way vox_tf.stage_training trains (grid evaluations aside)."""
+    voxels = voxelize(from_trimesh(builtin_shape(shape), shape), resolution)
+    mask = upsample_mask(coarse_grid(voxels, 32), resolution)
+    config = TrainConfig("8:relu", arch, batch_size=2048, learning_rate=1e-2, positional_levels=9)
+    samples = fine_samples(voxels, mask)
+    data = samples.dataset(config.batch_size, seed=0)
+    keras.utils.set_random_seed(0)
+    model = compile_for_training(config.build(arch), config)
+    model.fit(data, epochs=1, verbose=0)  # trace / compile, the short last batch included
+    wall, cpu = timed(lambda: model.fit(data, epochs=epochs, verbose=0))
+    return len(samples), epochs * len(samples) / wall, cpu / wall
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default=REFERENCE_FINE)
     parser.add_argument("--steps", type=int, default=160, help="timed training steps")
     parser.add_argument("--batches", type=int, default=20, help="timed inference batches")
     parser.add_argument("--rounds", type=int, default=5, help="timed training rounds per variant")
+    parser.add_argument("--shape", default="dumbbell", help="built-in shape of the epoch figure")
+    parser.add_argument("--resolution", type=int, default=256, help="its grid's resolution")
+    parser.add_argument("--epochs", type=int, default=6, help="timed trainer epochs")
     args = parse_args(parser, SMOKE, argv)
 
     peak, note = machine_peak_gflops()
@@ -128,9 +155,8 @@ def main(argv=None):
     print(f"network {args.arch}: {input_features(model)} inputs, {model.count_params():,} parameters, "
           f"{flops:,} dense FLOPs per point forward")
     print(f"machine peak {peak:.0f} GFLOP/s = {note}")
-    # This machine at times runs a process on one core only for seconds at a time (a shared VM:
-    # rounds drop to half speed with user+system ~1x wall), so the variants take turns, round
-    # after round, and each prints its best round (as timeit does) beside its median.
+    # Rounds of one variant differ (a shared VM), so the variants take turns, round after
+    # round, and each prints its best round (as timeit does) beside its median.
     variants = [(jit, steps) for jit in (False, True) for steps in sorted({1, STEPS_PER_EXECUTION})]
     runs = {variant: training_run(args.arch, *variant) for variant in variants}
     rounds = {variant: [] for variant in variants}
@@ -151,6 +177,9 @@ def main(argv=None):
         infer_gflops = infer * flops / 1e9
         print(f"jit_compile={str(jit):5}  inference {infer:>11,.0f} points/s  "
               f"{infer_gflops:6.1f} GFLOP/s ({100 * infer_gflops / peak:4.1f} % of peak)")
+    per_epoch, rate, busy = trainer_epochs(args.arch, args.shape, args.resolution, args.epochs)
+    print(f"trainer epochs: {args.shape} {args.resolution}^3, {per_epoch:,} samples an epoch, "
+          f"{args.epochs} epochs {rate:,.0f} samples/s, user+system {busy:.2f}x wall")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ def test_train_speed_bench_prints_rates_with_and_without_xla_and_grouped_steps()
                              out, re.M), out
         assert re.search(rf"^jit_compile={jit}\s+inference\s+{NUMBER} points/s .* % of peak\)$",
                          out, re.M), out
+    assert re.search(rf"^trainer epochs: dumbbell 32\^3, {NUMBER} samples an epoch, 1 epochs "
+                     rf"{NUMBER} samples/s, user\+system {NUMBER}x wall$", out, re.M), out
 
 
 def test_batch_beam_bench_prints_loop_and_beam_times_and_their_ratio():
