@@ -121,7 +121,8 @@ def test_batches_have_the_shapes_keras_expects():
 def test_training_and_reconstruction_streams_run_without_the_autotune_thread():
     # Keras makes an iterator per epoch and per reconstruction, and tearing one down waits out
     # that thread's sleep: seconds of two idle cores (vox_tf.sampling.without_autotune).
-    for dataset in (coarse_samples(block_grid(32, 4, 20)).dataset(batch_size=1000), grid_points(16)):
+    training = coarse_samples(block_grid(32, 4, 20)).dataset(batch_size=1000)
+    for dataset in (training, grid_points(16)):
         assert dataset.options().autotune.enabled is False
 
 
