@@ -40,10 +40,9 @@ from vox_tf.models import build_occupancy_model, input_features  # noqa: E402
 from vox_tf.mesh_io import from_trimesh  # noqa: E402
 from vox_tf.sampling import coarse_grid, fine_samples, upsample_mask, without_autotune  # noqa: E402
 from vox_tf.shapes import builtin_shape  # noqa: E402
-from vox_tf.stage_training import compile_for_training  # noqa: E402
 from vox_tf.train_config import TrainConfig  # noqa: E402
 from vox_tf.voxelize import voxelize  # noqa: E402
-from vox_tf.stage_training import STEPS_PER_EXECUTION  # noqa: E402
+from vox_tf.stage_training import STEPS_PER_EXECUTION, compile_for_training  # noqa: E402
 
 SMOKE = {"steps": 2, "batches": 2, "rounds": 1, "resolution": 32, "epochs": 1}
 REFERENCE_FINE = "128:elu,64:swish,64:elu,64:relu,128:swish,128:swish"

@@ -213,11 +213,9 @@ class SampleSet:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
         # flat_map hides the batch count; Keras needs it for full progress bars and to know
         # where an epoch ends.
-        return without_autotune(
-            seeds.flat_map(epoch)
-            .apply(tf.data.experimental.assert_cardinality(-(-total // batch_size)))
-            .map(samples_to_batch, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+        return _stream(seeds.flat_map(epoch)
+                       .apply(tf.data.experimental.assert_cardinality(-(-total // batch_size))),
+                       samples_to_batch)
 
 
 def coarse_samples(voxels, coarse_resolution=COARSE_RESOLUTION):
@@ -287,9 +285,14 @@ def grid_points(resolution, mask=None, batch_size=EVAL_BATCH_SIZE):
     def to_points(batch):
         return _centers_from_flat(batch, resolution), _indices_from_flat(batch, resolution)
 
-    return without_autotune(_batches(flat, total, batch_size)
-                             .map(to_points, num_parallel_calls=tf.data.AUTOTUNE)
-                             .prefetch(tf.data.AUTOTUNE))
+    return _stream(_batches(flat, total, batch_size), to_points)
+
+
+def _stream(batches, to_tensors):
+    """``batches`` mapped by ``to_tensors`` in parallel and prefetched, as every stream of
+    this module runs: without the autotuning thread (:func:`without_autotune`)."""
+    return without_autotune(batches.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE)
+                            .prefetch(tf.data.AUTOTUNE))
 
 
 def without_autotune(dataset):
