@@ -26,6 +26,8 @@ Run directory (DIR = --out)::
 Re-running the same command resumes: finished trials, filter runs and stages are reused.
 """
 
+import contextlib
+import gc
 import json
 import shutil
 import sys
@@ -234,6 +236,27 @@ def distributed_role():
     return "chief" if keras_tuner_distribute.is_chief_oracle() else "worker"
 
 
+@contextlib.contextmanager
+def collector_skips_live_objects():
+    """Within: the garbage collector leaves alone every object alive on entry (gc.freeze).
+
+    Keras Tuner collects garbage twice before every trial (keras.backend.clear_session, then
+    gc.collect); each pass walked the ~400k objects of TensorFlow, Keras and the data, 0.2-0.4 s,
+    14 s of a 128^3 search's 93 s of trials. Objects made inside are collected as usual, and
+    on exit the frozen ones are collectable again (a batch runs many searches in one process).
+
+    Example:
+        >>> with collector_skips_live_objects():
+        ...     tuner.search()  # each trial's gc.collect() walks only what the trials made
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribution_strategy=None,
                  other_spaces=()):
     """Hyperband then filter for one stage; returns StageChoice.
@@ -262,9 +285,10 @@ def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribu
     with progress_bar(verbose, total, f"{stage} search", "trial") as bar:
         bar.update(0 if worker else finished_trials(tuner))
         hypermodel.progress = bar
-        tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir / stage),
-                                                            write_graph=False)],
-                     verbose=1 if verbose >= 2 else 0)
+        with collector_skips_live_objects():
+            tuner.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(logdir / stage),
+                                                                write_graph=False)],
+                         verbose=1 if verbose >= 2 else 0)
     if distributed_role() == "worker":
         return None
     candidates = completed_candidates(tuner)
