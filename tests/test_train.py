@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 import trimesh
 
-from vox_tf import hierarchy, train_config, run_layout, stage_training, train, training_callbacks
+from vox_tf import (hierarchy, run_layout, sampling, stage_training, train, train_config,
+                    training_callbacks)
 from vox_tf.exports import ERROR_CLASSES
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.layers import TriPlaneEncoding
@@ -163,22 +164,34 @@ def test_cosine_schedule_decays_over_the_budget_and_survives_a_resume(voxels, tm
 
 
 def test_several_steps_per_call_train_every_batch_exactly_as_one_step_per_call(voxels, monkeypatch):
-    config = small_config()
     grouped_steps = stage_training.STEPS_PER_EXECUTION
+    samples = len(sampling.coarse_samples(voxels, train_config.TrainConfig(ARCH, ARCH).coarse_resolution))
+    # Two whole calls of batches an epoch, the last batch short: both settings see the same stream.
+    config = small_config(batch_size=-(-samples // (2 * grouped_steps)))
     trained = {}
     for steps in (1, grouped_steps):
         monkeypatch.setattr(stage_training, "STEPS_PER_EXECUTION", steps)
         # A fresh dataset each time (iterating one reshuffles it), under the same seeds.
         keras.utils.set_random_seed(0)
         data = stage_training.coarse_stage_data(voxels, config)
-        batches = int(data.dataset.cardinality())
-        assert batches % grouped_steps, "want a partial last call"
+        assert samples % config.batch_size, "want a short last batch"
         model = config.build(ARCH, "coarse")
         stage_training.train_stage(model, data, 2, config)
-        assert int(model.optimizer.iterations) == 2 * batches  # the short last call included
+        assert int(model.optimizer.iterations) == 2 * 2 * grouped_steps
         trained[steps] = model.get_weights()
     for one, grouped in zip(*trained.values()):
         np.testing.assert_allclose(one, grouped, rtol=1e-4, atol=1e-6)
+
+
+def test_an_epoch_is_one_pass_in_whole_calls_over_one_stream():
+    stream, steps = stage_training.endless_epochs(tf.data.Dataset.range(65), 8)
+    assert steps == 64  # 65 batches: the nearest whole number of 8-step calls
+    assert int(stream.cardinality()) == tf.data.INFINITE_CARDINALITY
+    assert stage_training.endless_epochs(tf.data.Dataset.range(69), 8)[1] == 72
+    short = tf.data.Dataset.range(3)  # under one call: kept finite, or an epoch were 8 batches
+    assert stage_training.endless_epochs(short, 8) == (short, None)
+    with pytest.raises(ValueError, match="batch count"):
+        stage_training.endless_epochs(tf.data.Dataset.range(3).repeat(), 8)
 
 
 def test_coarse_network_can_leave_out_the_triplanes():
