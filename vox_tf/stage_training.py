@@ -116,8 +116,10 @@ def endless_epochs(dataset, steps_per_execution=1):
     instantiates the whole pipeline each time: 20-50 ms, a tenth of a 128^3 fine epoch. Over
     the repeated stream Keras keeps one iterator for the whole fit. An epoch is the dataset's
     batches rounded to whole calls of ``steps_per_execution`` steps, so one pass give or take
-    half a call; the stream runs on across epoch ends, each pass in a new order. A dataset of
-    fewer batches than one call stays as it is (steps None), or an epoch would be several passes.
+    half a call; the stream runs on across epoch ends, each pass in a new order. A pass draws
+    its error-focus share (vox_tf.error_focus) when it starts, so a grid evaluation re-aims
+    the focus from the next pass on. A dataset of fewer batches than one call stays as it is
+    (steps None), or an epoch would be several passes.
 
     Example:
         >>> stream, steps = endless_epochs(tf.data.Dataset.range(65), 8)
