@@ -136,8 +136,10 @@ def trainer_epochs(arch, shape, resolution, epochs):
                                    model.steps_per_execution)
     model.fit(stream, steps_per_epoch=steps, epochs=1, verbose=0)  # trace / compile
     wall, cpu = timed(lambda: model.fit(stream, steps_per_epoch=steps, epochs=epochs, verbose=0))
-    # An epoch is `steps` batches of the stream, each pass's short last batch among them.
-    trained = epochs * steps * len(samples) / -(-len(samples) // config.batch_size)
+    # An epoch is `steps` batches of the stream (one pass when the epoch is under one call),
+    # each pass's short last batch among them.
+    batches = -(-len(samples) // config.batch_size)
+    trained = epochs * len(samples) * (steps or batches) / batches
     return len(samples), trained / wall, cpu / wall
 
 
