@@ -2,6 +2,7 @@
 resume without re-running trials, and the command line (batch runs: test_batch.py)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,12 @@ import yaml
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import vox_tf
-from vox_tf import search_pipeline
+from vox_tf import search_final, search_pipeline
 from vox_tf.errors import MeshError
 from vox_tf.exports import ERROR_CLASSES
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
+from vox_tf.models import arch_of, format_arch
 from vox_tf.search_pipeline import Candidate, choose, pick_smallest
 from vox_tf.hierarchy import occupancy_grid
 from vox_tf.sampling import fine_samples, upsample_mask
@@ -270,13 +272,42 @@ def test_final_training_gets_the_epochs_that_show_final_samples(run, tiny_config
         budgets.update(coarse=final.epochs_coarse, fine=final.epochs_fine)
         raise InterruptedError
 
-    monkeypatch.setattr(search_pipeline, "train_hierarchy", record_budgets)
+    monkeypatch.setattr(search_final, "train_hierarchy", record_budgets)
     with pytest.raises(InterruptedError):
         search_pipeline.run_search(voxels, config, out, verbose=0)
     assert budgets == {"coarse": config.coarse.final_epochs, "fine": expected}
     assert StageSearchConfig(final_epochs=60, final_samples=10**8).final_epochs_for(10**6) == 100
     assert StageSearchConfig(final_epochs=60, final_samples=10**6).final_epochs_for(10**6) == 60
     assert StageSearchConfig(final_epochs=60).final_epochs_for(1) == 60
+
+
+def test_a_choice_that_ends_short_of_a_runner_up_is_replaced_by_it(run, tiny_config, tmp_path,
+                                                                    monkeypatch):
+    # The finished run's trials and filters are reused: only the final trainings run again.
+    out = tmp_path / "sphere"
+    shutil.copytree(run[0], out, ignore=shutil.ignore_patterns("model", "results.json"))
+    trained, real = [], search_final.train_hierarchy
+
+    def first_ends_short(voxels, final, out_dir, start=None):
+        results = real(voxels, final, out_dir, start=start)
+        trained.append(final.fine_arch)
+        # As if the chosen net had ended below every other filter candidate.
+        return {**results, "accuracy": 0.0} if len(trained) == 1 else results
+
+    monkeypatch.setattr(search_final, "train_hierarchy", first_ends_short)
+    config = load_config(tiny_config)
+    results = search_pipeline.run_search(sphere_voxels(), config, out, verbose=0)
+    chosen, replacement = trained
+    assert replacement != chosen and results["fine_arch"] == replacement
+    assert results["superseded"]["fine_arch"] == chosen
+    assert json.loads((out / "results.json").read_text())["fine_arch"] == replacement
+    assert json.loads((out / "search" / "fine_final_superseded" / "results.json").read_text())[
+        "fine_arch"] == chosen
+    assert format_arch(arch_of(vox_tf.load(out / "model").fine)) == replacement
+    # A re-run keeps to the replacement, whatever the first run's accuracy says now.
+    monkeypatch.setattr(search_final, "train_hierarchy", real)
+    again = search_pipeline.run_search(sphere_voxels(), config, out, verbose=0)
+    assert again["fine_arch"] == replacement and again["iou"] == results["iou"]
 
 
 def test_rerun_with_other_settings_is_refused(run, tiny_config):

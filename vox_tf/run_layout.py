@@ -11,6 +11,8 @@ the batch runs agree on it::
     search run (vox_tf.search)
         search.json             config and voxel fingerprint
         search/<stage>/         keras_tuner projects; search/<stage>_filter/NN/ filter runs
+        search/fine_final_superseded/   a fine choice's final run that a runner-up replaced
+        search/fine_runner_up.json      that runner-up (the decision a re-run keeps to)
         tensorboard/<stage>/    the trials' logs and HParams
         model/                  the final training run (layout above)
 """
@@ -33,6 +35,8 @@ DONE_FILE = "done.json"
 MODEL_DIR = "model"
 SEARCH_DIR = "search"
 TENSORBOARD_DIR = "tensorboard"
+SUPERSEDED_DIR = "fine_final_superseded"
+RUNNER_UP_FILE = "fine_runner_up.json"
 
 
 def clear_resume_state(stage_dir):

@@ -11,12 +11,16 @@ Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse
 3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
    weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``
    (or the epochs that show ``final_samples`` samples, when more).
+   A fine choice whose final reconstruction has more wrong voxels than another filter
+   candidate had after the filter is replaced by that one, trained the same way
+   (vox_tf.search_final).
 
 Run directory (DIR = --out)::
 
     search.json                  config and voxel fingerprint; a re-run must match them
     search/coarse/ search/fine/  keras_tuner projects (oracle.json, trial_*/)
     search/coarse_filter/NN/ search/fine_filter/NN/   filter retraining (model.keras, done.json)
+    search/fine_final_superseded/  a fine choice's final run that a runner-up replaced
     tensorboard/coarse/ tensorboard/fine/   every trial: loss curves + HParams dashboard
     model/                       the final run of vox_tf.train: vox_tf.load("DIR/model"),
                                  its TensorBoard logs, reconstruction.npz/.ply, errors.ply
@@ -52,7 +56,7 @@ from vox_tf.run_layout import (DONE_FILE, MODEL_DIR, RUN_FILE, SEARCH_DIR, TENSO
 from vox_tf.stage_training import (check_resolutions, coarse_stage_data, fine_stage_data,
                                    train_stage)
 from vox_tf.tensorboard_summaries import write_hparams_config
-from vox_tf.train import train_hierarchy
+from vox_tf.search_final import train_final
 from vox_tf.tuner_resume import adopt_finished_trials
 
 HPARAMS_METRICS = tuple(f"epoch_{name}" for name in
@@ -80,6 +84,14 @@ class Candidate:
 
 
 @dataclass
+class Retrained:
+    """One filter candidate after its retraining: the Candidate and its saved model."""
+
+    candidate: Candidate
+    model_path: Path
+
+
+@dataclass
 class StageChoice:
     """What the search and filter of one stage chose."""
 
@@ -90,6 +102,7 @@ class StageChoice:
     seconds_search: float
     seconds_filter: float
     candidates: list
+    retrained: list
     space: keras_tuner.HyperParameters
 
 
@@ -152,7 +165,7 @@ def completed_candidates(tuner):
 
 
 def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, verbose):
-    """Retrains the top candidates longer; returns (chosen Candidate, its model, all results).
+    """Retrains the top candidates longer; returns (chosen Candidate, its model, [Retrained]).
 
     The chosen one is the smallest whose accuracy is within the stage's tolerance of the best
     retrained accuracy, or the best retrained objective (``choose``; see :func:`choose`).
@@ -195,7 +208,7 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
         models.append(model_path)
     chosen = choose(results, settings)
     model = keras.saving.load_model(models[results.index(chosen)], compile=False)
-    return chosen, model, results
+    return chosen, model, [Retrained(c, path) for c, path in zip(results, models)]
 
 
 def choose(candidates, settings):
@@ -296,7 +309,7 @@ def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribu
         raise RuntimeError(f"{stage} search: no trial finished; see {tuner.project_dir}")
     seconds_search = time.monotonic() - started
     started = time.monotonic()
-    chosen, model, _ = filter_candidates(stage, data, candidates, config, run_dir, verbose)
+    chosen, model, retrained = filter_candidates(stage, data, candidates, config, run_dir, verbose)
     # Distributed workers wait for this file to start the next stage's trials.
     with atomic_output(run_dir / SEARCH_DIR / f"{stage}_choice.keras") as tmp:
         model.save(tmp)
@@ -304,7 +317,7 @@ def search_stage(stage, data, config: SearchConfig, run_dir, verbose=1, distribu
     phase(verbose, f"{stage} stage: chose {chosen.arch} ({chosen.params:,} params, accuracy "
                    f"{chosen.accuracy:.6f}) from {trials} trials")
     return StageChoice(chosen.arch, chosen.encoding, model, trials, seconds_search,
-                       time.monotonic() - started, candidates, space)
+                       time.monotonic() - started, candidates, retrained, space)
 
 
 def wait_for_choice(run_dir, stage, poll_seconds=1.0):
@@ -363,14 +376,12 @@ def run_search(voxels: VoxelGrid, config: SearchConfig, run_dir, verbose=1,
     seconds_search = time.monotonic() - started
 
     phase(verbose, f"final training: coarse {coarse.arch}, fine {fine.arch}")
-    final = train_config(config, fine.encoding, coarse.arch, fine.arch, verbose=verbose,
-                         epochs_coarse=config.coarse.final_epochs_for(coarse_data.samples),
-                         epochs_fine=config.fine.final_epochs_for(fine_data.samples))
-    # The final training continues from the filter's weights (the chosen models).
-    results = train_hierarchy(voxels, final, run_dir / MODEL_DIR,
-                              start={"coarse": coarse.model, "fine": fine.model})
+    epochs = {"coarse": config.coarse.final_epochs_for(coarse_data.samples),
+              "fine": config.fine.final_epochs_for(fine_data.samples)}
+    results, fine_arch, fine_encoding = train_final(voxels, config, run_dir, coarse, fine, epochs,
+                                                    verbose)
     results.update({
-        "coarse_arch": coarse.arch, "fine_arch": fine.arch, **fine.encoding,
+        "coarse_arch": coarse.arch, "fine_arch": fine_arch, **fine_encoding,
         "trials": coarse.trials + fine.trials, "trials_coarse": coarse.trials,
         "trials_fine": fine.trials, "seconds_search": seconds_search,
         "seconds_search_coarse": coarse.seconds_search, "seconds_filter_coarse": coarse.seconds_filter,
