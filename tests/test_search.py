@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "resolution": 32, "coarse_resolution": 16,
     "encoding": {"positional_levels": 3, "triplane_resolution": 4, "coarse_triplane": False},
-    "training": {"batch_size": 512, "learning_rate": 0.01, "jit_compile": False, "eval_every": 5},
+    "training": {"batch_size": 512, "learning_rate": 0.01, "jit_compile": False, "eval_every": 5,
+                 "final_learning_rate": 0.005},
     **{stage: {"max_layers": 2, "widths": [8, 16], "hyperband": {"max_epochs": 2, "factor": 2},
                "filter": {"top": 2, "epochs": 10}, "final_epochs": 10}
        for stage in ("coarse", "fine")},
@@ -87,9 +88,12 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     assert at_256.fine.widths_at(256) == [16, 32, 48, 64, 128]
     assert at_512.fine.widths_at(512) == [32, 48, 64, 96, 128]
     assert at_256.coarse == at_128.coarse
-    # ... and the measured 256^3 training changes: higher positional level, focused epochs.
+    # ... and the measured 256^3 training changes: higher positional level, focused epochs, a
+    # final training that restarts lower.
     assert (at_128.encoding.positional_levels, at_128.training.focus) == (6, 0.0)
     assert (at_256.encoding.positional_levels, at_256.training.focus) == (9, 0.5)
+    assert (at_128.training.final_settings(), at_256.training.final_settings()) == (
+        {}, {"learning_rate": 3e-3})
     # ... twice the trials, and a filter that weighs parameters against wrong voxels.
     assert at_256.fine.hyperband.iterations == 2 and at_128.fine.hyperband.iterations == 1
     assert (at_256.fine.filter.choose, at_128.fine.filter.choose) == ("objective", "accuracy")
@@ -113,6 +117,7 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     ({"training": {"focus": 1.0}}, "training.focus: must be in"),
     ({"fine": {"filter": {"choose": "size"}}}, "fine.filter.choose: must be one of"),
     ({"fine": {"final_samples": 0}}, "fine.final_samples: must be an integer >= 1"),
+    ({"training": {"final_learning_rate": 0.0}}, "training.final_learning_rate: must be > 0 and >= min_lr"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, data, message):
@@ -257,7 +262,7 @@ def test_rerun_reuses_finished_trials(run, tiny_config):
     assert again["fine_arch"] == results["fine_arch"]
 
 
-def test_final_training_gets_the_epochs_that_show_final_samples(run, tiny_config, monkeypatch):
+def test_final_training_gets_final_samples_and_final_learning_rate(run, tiny_config, monkeypatch):
     out, _ = run
     config = load_config(tiny_config)
     voxels = sphere_voxels()
@@ -269,13 +274,14 @@ def test_final_training_gets_the_epochs_that_show_final_samples(run, tiny_config
     budgets = {}
 
     def record_budgets(voxels, final, *args, **kwargs):
-        budgets.update(coarse=final.epochs_coarse, fine=final.epochs_fine)
+        budgets.update(coarse=final.epochs_coarse, fine=final.epochs_fine, lr=final.learning_rate)
         raise InterruptedError
 
     monkeypatch.setattr(search_final, "train_hierarchy", record_budgets)
     with pytest.raises(InterruptedError):
         search_pipeline.run_search(voxels, config, out, verbose=0)
-    assert budgets == {"coarse": config.coarse.final_epochs, "fine": expected}
+    assert budgets == {"coarse": config.coarse.final_epochs, "fine": expected,
+                       "lr": config.training.final_learning_rate}
     assert StageSearchConfig(final_epochs=60, final_samples=10**8).final_epochs_for(10**6) == 100
     assert StageSearchConfig(final_epochs=60, final_samples=10**6).final_epochs_for(10**6) == 60
     assert StageSearchConfig(final_epochs=60).final_epochs_for(1) == 60

@@ -221,7 +221,8 @@ class TrainingConfig:
     Each key means what the vox_tf.train_config.TrainConfig field of the same name means, and
     defaults to it (METHOD.md's values). jit_compile applies to the filter and final training;
     jit_compile_trials to search trials, whose short runs rarely repay XLA's compile time
-    (seconds per new model on a CPU).
+    (seconds per new model on a CPU). final_learning_rate: the learning rate the final
+    training's schedule restarts from, for both stages (None: learning_rate).
     """
 
     batch_size: int = _TRAIN["batch_size"]
@@ -235,6 +236,7 @@ class TrainingConfig:
     eval_every: int = _TRAIN["eval_every"]
     jit_compile: bool = _TRAIN["jit_compile"]
     jit_compile_trials: bool = False
+    final_learning_rate: float | None = None
 
     def check(self):
         for name in ("batch_size", "lr_patience", "eval_every"):
@@ -246,9 +248,16 @@ class TrainingConfig:
         require(0 <= self.min_lr <= self.learning_rate, "min_lr",
                 f"must be in [0, learning_rate], got {self.min_lr!r}")
         require(0 <= self.focus < 1, "focus", f"must be in [0, 1), got {self.focus!r}")
+        if self.final_learning_rate is not None:
+            require(0 < self.final_learning_rate and self.min_lr <= self.final_learning_rate,
+                    "final_learning_rate", f"must be > 0 and >= min_lr, got {self.final_learning_rate!r}")
+
+    def final_settings(self):
+        """TrainConfig fields of the final training that differ from the trials' and filter's."""
+        return {} if self.final_learning_rate is None else {"learning_rate": self.final_learning_rate}
 
     def train_settings(self):
-        """The TrainConfig fields these settings give (every key but jit_compile_trials)."""
+        """The TrainConfig fields these settings give (all but jit_compile_trials, final_learning_rate)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in _TRAIN}
 
 

@@ -66,7 +66,8 @@ def train_final(voxels: VoxelGrid, config: SearchConfig, run_dir, coarse, fine, 
 
     def train(fine_arch, encoding, start):
         final = train_config(config, encoding, coarse.arch, fine_arch, verbose=verbose,
-                             epochs_coarse=epochs["coarse"], epochs_fine=epochs["fine"])
+                             epochs_coarse=epochs["coarse"], epochs_fine=epochs["fine"],
+                             **config.training.final_settings())
         return train_hierarchy(voxels, final, model_dir, start=start)
 
     if decision_path.exists():  # a re-run after the choice was replaced: keep to that
