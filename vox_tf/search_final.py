@@ -26,6 +26,7 @@ from vox_tf.search_config import SearchConfig
 from vox_tf.search_space import train_config
 from vox_tf.train import train_hierarchy
 
+
 def runner_up(retrained, chosen_arch, final_accuracy):
     """The filter candidate that replaces a choice whose final training ended at ``final_accuracy``.
 

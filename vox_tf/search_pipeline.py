@@ -20,7 +20,8 @@ Run directory (DIR = --out)::
     search.json                  config and voxel fingerprint; a re-run must match them
     search/coarse/ search/fine/  keras_tuner projects (oracle.json, trial_*/)
     search/coarse_filter/NN/ search/fine_filter/NN/   filter retraining (model.keras, done.json)
-    search/fine_final_superseded/  a fine choice's final run that a runner-up replaced
+    search/fine_final_superseded/ search/fine_runner_up.json   a fine choice's final run that
+                                 a runner-up replaced, and that runner-up
     tensorboard/coarse/ tensorboard/fine/   every trial: loss curves + HParams dashboard
     model/                       the final run of vox_tf.train: vox_tf.load("DIR/model"),
                                  its TensorBoard logs, reconstruction.npz/.ply, errors.ply
@@ -49,6 +50,7 @@ from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
 from vox_tf.metrics import parameter_count
 from vox_tf.search_config import SearchConfig, describe
+from vox_tf.search_final import train_final
 from vox_tf.search_space import (OBJECTIVE, StageHyperModel, arch_from_values,
                                  encoding_from_values, train_config)
 from vox_tf.run_layout import (DONE_FILE, MODEL_DIR, RUN_FILE, SEARCH_DIR, TENSORBOARD_DIR,
@@ -56,7 +58,6 @@ from vox_tf.run_layout import (DONE_FILE, MODEL_DIR, RUN_FILE, SEARCH_DIR, TENSO
 from vox_tf.stage_training import (check_resolutions, coarse_stage_data, fine_stage_data,
                                    train_stage)
 from vox_tf.tensorboard_summaries import write_hparams_config
-from vox_tf.search_final import train_final
 from vox_tf.tuner_resume import adopt_finished_trials
 
 HPARAMS_METRICS = tuple(f"epoch_{name}" for name in
