@@ -94,6 +94,12 @@ def test_fine_convergence_bench_prints_wrong_voxels_per_variant():
     assert rows == ["L6", "L6+focus0.5"], out
 
 
+def test_final_restart_bench_prints_a_row_per_candidate_and_learning_rate():
+    out = run_smoke("final_restart.py")
+    rows = re.findall(rf"^(\d\d) \S+\s+(\S+)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M)
+    assert rows == [("00", "1e-2"), ("00", "3e-3"), ("01", "1e-2"), ("01", "3e-3")], out
+
+
 def test_quantization_sensitivity_bench_prints_a_row_per_tensor():
     out = run_smoke("quantization_sensitivity.py")
     assert re.search(rf"^float32\s+{NUMBER}\s+{NUMBER}$", out, re.M), out
