@@ -14,7 +14,7 @@ from vox_tf import search
 from vox_tf.batch import (MeshFile, TfdsExample, VoxelFile, run_batch, search_model,
                           voxel_dir_sources)
 from vox_tf.batch_beam import default_threads, pipeline_options
-from vox_tf.batch_summary import read_summary
+from vox_tf.batch_summary import markdown_table, read_summary, summary_row
 from vox_tf.grid import VoxelGrid
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.reference_table import load_reference
@@ -144,6 +144,16 @@ def test_a_finished_model_is_read_back_not_searched(grids, tiny_config, tmp_path
 
 
 @pytest.mark.skipif(not SEEDGRIDS.is_dir(), reason="the shared seed grids are not here")
+def test_summary_notes_a_fine_choice_that_a_runner_up_replaced():
+    results = {"iou": 0.998, "fine_arch": "128:elu", "seconds_total": 60,
+               "superseded": {"fine_arch": "64:elu", "iou": 0.949, "accuracy": 0.9996, "params": 9}}
+    row = summary_row("m", results)
+    assert (row["superseded_fine_arch"], row["superseded_iou"]) == ("64:elu", 0.949)
+    table = markdown_table([row, summary_row("n", {"iou": 1.0, "fine_arch": "16:elu"})])
+    assert table.splitlines()[2].endswith("| fine net replaced 64:elu (IoU 94.900 %) |")
+    assert table.splitlines()[3].endswith("|  |")
+
+
 def test_shared_reference_table_matches_the_seed_grids_by_stem():
     sources = voxel_dir_sources(SEEDGRIDS)
     table = load_reference(SEEDGRIDS / "reference_results.csv", [s.name for s in sources])

@@ -14,9 +14,10 @@ from pathlib import Path
 from vox_tf.files import atomic_output
 
 # bytes_packed, bpov and lzma_bytes come from newer results.json files: empty cells otherwise.
+# superseded_*: the fine choice that a runner-up replaced (vox_tf.search_final), if one did.
 SUMMARY_COLUMNS = ("model", "iou", "chamfer_l2", "params_coarse", "params_fine", "params",
                    "bytes_fp32", "bytes_packed", "bpov", "lzma_bytes", "seconds", "coarse_arch",
-                   "fine_arch", "error")
+                   "fine_arch", "superseded_fine_arch", "superseded_iou", "error")
 NUMERIC_COLUMNS = ("iou", "chamfer_l2", "params_coarse", "params_fine", "params", "bytes_fp32",
                    "bytes_packed", "bpov", "lzma_bytes", "seconds")
 SUMMARY_CSV = "summary.csv"
@@ -62,7 +63,9 @@ def summary_row(name, results):
         >>> summary_row("bunny", json.load(open("runs/many/bunny/results.json")))["iou"]
     """
     row = {column: results.get(column) for column in SUMMARY_COLUMNS}
-    row.update(model=name, seconds=results.get("seconds_total"), error="")
+    superseded = results.get("superseded", {})
+    row.update(model=name, seconds=results.get("seconds_total"), error="",
+               superseded_fine_arch=superseded.get("fine_arch"), superseded_iou=superseded.get("iou"))
     return row
 
 
@@ -119,6 +122,8 @@ def write_summary(out_dir, rows, reference=None):
 def markdown_table(rows):
     """The summary as a Markdown table: IoU %, chamfer, params, bytes, seconds, and the reference's.
 
+    The note says why a model failed, or which fine choice a runner-up replaced.
+
     Example:
         >>> print(markdown_table([{"model": "a", "iou": 0.5, "error": ""}]).splitlines()[2])
         | a | 50.000 | ...
@@ -130,6 +135,9 @@ def markdown_table(rows):
     for row in rows:
         cells = ["" if row.get(key) is None else fmt(row[key]) for _, key, fmt in shown]
         note = f"failed: {row['error']}" if row.get("error") else ""
+        if row.get("superseded_fine_arch"):
+            note = (f"fine net replaced {row['superseded_fine_arch']} "
+                    f"(IoU {_percent(float(row['superseded_iou']))} %)")
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {note} |")
     return "\n".join(lines) + "\n"
 
