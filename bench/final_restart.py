@@ -59,25 +59,28 @@ def tiny_run(run_dir):
     run_search(voxelize(from_trimesh(builtin_shape("torus"), "torus"), 32), config, run_dir, verbose=0)
 
 
-def replay(run_dir, candidate, learning_rate, epochs, out_dir):
-    """(filter wrong voxels, final wrong voxels, IoU, seconds) of one replayed final training."""
+def load_run(run_dir, epochs):
+    """(config, voxels, coarse arch, coarse choice, fine epochs) of a finished run, read once."""
     config = from_dict(SearchConfig, json.loads((run_dir / RUN_FILE).read_text())["config"])
     voxels = VoxelGrid.load(run_dir / MODEL_DIR / VOXELS_FILE)
-    results = json.loads((run_dir / RESULTS_FILE).read_text())
-    filter_dir = run_dir / SEARCH_DIR / "fine_filter" / candidate
-    done = json.loads((filter_dir / DONE_FILE).read_text())
+    coarse_arch = json.loads((run_dir / RESULTS_FILE).read_text())["coarse_arch"]
     coarse = keras.saving.load_model(run_dir / SEARCH_DIR / "coarse_choice.keras", compile=False)
     if epochs is None:  # the search's own budget (final_samples over this grid's fine set)
-        samples = fine_stage_data(voxels, coarse, train_config(config)).samples
-        epochs = config.fine.final_epochs_for(samples)
-    final = train_config(config, done["encoding"], results["coarse_arch"], done["arch"], verbose=0,
+        epochs = config.fine.final_epochs_for(fine_stage_data(voxels, coarse, train_config(config)).samples)
+    return config, voxels, coarse_arch, coarse, epochs
+
+
+def replay(run, filter_dir, done, learning_rate, out_dir):
+    """(final wrong voxels, IoU, seconds) of one replayed final training of a filter candidate."""
+    config, voxels, coarse_arch, coarse, epochs = run
+    final = train_config(config, done["encoding"], coarse_arch, done["arch"], verbose=0,
                          epochs_coarse=config.coarse.final_epochs, epochs_fine=epochs,
                          learning_rate=learning_rate)
     start = {"coarse": coarse, "fine": keras.saving.load_model(filter_dir / "model.keras", compile=False)}
     started = time.monotonic()
     replayed = train_hierarchy(voxels, final, out_dir, start=start)
     wrong = replayed["false_positives"] + replayed["false_negatives"]
-    return done["metrics"]["wrong_voxels"], wrong, 100 * replayed["iou"], time.monotonic() - started
+    return wrong, 100 * replayed["iou"], time.monotonic() - started
 
 
 def main(argv=None):
@@ -99,13 +102,14 @@ def main(argv=None):
               f"{args.learning_rates}")
         print(f"{'candidate':<46} {'lr':>7} {'filter wrong':>13} {'final wrong':>12} {'IoU %':>8} "
               f"{'seconds':>8}")
+        run = load_run(run_dir, args.epochs)
         for candidate in args.candidates.split(","):
-            arch = json.loads((run_dir / SEARCH_DIR / "fine_filter" / candidate / DONE_FILE).read_text())["arch"]
+            filter_dir = run_dir / SEARCH_DIR / "fine_filter" / candidate
+            done = json.loads((filter_dir / DONE_FILE).read_text())
             for rate in args.learning_rates.split(","):
-                out_dir = scratch / f"{candidate}_{rate}"
-                before, after, iou, seconds = replay(run_dir, candidate, float(rate), args.epochs, out_dir)
-                print(f"{candidate} {arch:<43} {rate:>7} {before:>13,} {after:>12,} {iou:>8.3f} "
-                      f"{seconds:>8.0f}")
+                after, iou, seconds = replay(run, filter_dir, done, float(rate), scratch / f"{candidate}_{rate}")
+                print(f"{candidate} {done['arch']:<43} {rate:>7} {done['metrics']['wrong_voxels']:>13,} "
+                      f"{after:>12,} {iou:>8.3f} {seconds:>8.0f}")
 
 
 if __name__ == "__main__":
