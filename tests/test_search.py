@@ -25,9 +25,10 @@ from vox_tf.models import arch_of, format_arch
 from vox_tf.search_pipeline import Candidate, choose, pick_smallest
 from vox_tf.hierarchy import occupancy_grid
 from vox_tf.sampling import fine_samples, upsample_mask
-from vox_tf.search_config import (DEFAULT_CONFIG, FilterConfig, ObjectiveConfig, StageSearchConfig,
-                                  load_config, widths_for)
+from vox_tf.search_config import (DEFAULT_CONFIG, FilterConfig, ObjectiveConfig, SearchConfig,
+                                  StageSearchConfig, load_config, widths_for)
 from vox_tf.search_space import arch_from_values
+from vox_tf.typed_config import from_dict
 from vox_tf.voxelize import voxelize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +103,8 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     mine = write_config(tmp_path / "mine.yaml", {"fine": {"max_layers": 2}})
     assert load_config(mine).for_resolution(256).fine.max_layers == 2
     assert at_256.for_resolution(256) == at_256
+    # A config read back from JSON (search.json records it) is the same config.
+    assert from_dict(SearchConfig, json.loads(json.dumps(at_256.to_dict()))) == at_256
     bad = write_config(tmp_path / "bad.yaml", {"by_resolution": {256: {"fine": {"max_layer": 6}}}})
     with pytest.raises(MeshError, match=r"bad.yaml: by_resolution\.256\.fine\.max_layer: unknown key"):
         load_config(bad)

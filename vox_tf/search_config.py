@@ -277,6 +277,11 @@ class SearchConfig:
         final_epochs=1000))
     by_resolution: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # JSON (a search.json record, a config written as JSON) keeps mapping keys as strings.
+        self.by_resolution = {int(key) if isinstance(key, str) and key.isdigit() else key: value
+                              for key, value in self.by_resolution.items()}
+
     def check(self):
         require_int(self, "resolution", 8)
         require_int(self, "coarse_resolution", 1)
