@@ -22,7 +22,7 @@ from vox_tf.exports import ERROR_CLASSES
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
 from vox_tf.models import arch_of, format_arch
-from vox_tf.search_pipeline import Candidate, choose, pick_smallest
+from vox_tf.search_pipeline import Candidate, choose, filter_slate, pick_smallest
 from vox_tf.hierarchy import occupancy_grid
 from vox_tf.sampling import fine_samples, upsample_mask
 from vox_tf.search_config import (DEFAULT_CONFIG, FilterConfig, ObjectiveConfig, SearchConfig,
@@ -98,6 +98,7 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     # ... twice the trials, and a filter that weighs parameters against wrong voxels.
     assert at_256.fine.hyperband.iterations == 2 and at_128.fine.hyperband.iterations == 1
     assert (at_256.fine.filter.choose, at_128.fine.filter.choose) == ("objective", "accuracy")
+    assert at_256.fine.filter.most_accurate and not at_128.fine.filter.most_accurate
     assert at_256.training.learning_rate == at_128.training.learning_rate
     # A user's config without by_resolution is used as written, whatever the grid.
     mine = write_config(tmp_path / "mine.yaml", {"fine": {"max_layers": 2}})
@@ -151,6 +152,25 @@ def test_filter_choosing_by_objective_takes_the_best_reward_not_the_best_accurac
     assert choose(candidates, FilterConfig(choose="objective")).arch == "128:relu,32:elu,48:swish"
     # The same two under METHOD.md's rule: the most accurate within the tolerance.
     assert choose(candidates, FilterConfig(tolerance=0.0)).arch == "128:swish,128:elu,64:relu"
+
+
+def test_filter_also_retrains_the_most_accurate_trial_when_asked():
+    # mgn10_125611494287978_ShirtNoCoat at c = 5e7: the reward's top 3 were 12-18k-parameter
+    # nets; the most accurate trial, a 46k one, is the runner-up the final step needs.
+    trials = [Candidate("128:swish,16:relu,48:elu", {}, 0.01901, 0.999214, 17655, "05"),
+              Candidate("64:swish,32:relu,32:swish,16:swish", {}, 0.01896, 0.999094, 14311, "02"),
+              Candidate("32:swish,32:swish,32:elu,32:relu,16:elu", {}, 0.01894, 0.999040, 12295,
+                        "11"),
+              Candidate("64:swish,64:elu,32:elu,128:swish", {}, 0.01888, 0.999158, 21223, "07"),
+              Candidate("128:swish,48:swish,48:elu,128:swish,128:relu", {}, 0.01872, 0.999495,
+                        46183, "13")]
+    plain = filter_slate(trials, FilterConfig(top=3))
+    assert plain == trials[:3]
+    with_best = filter_slate(trials, FilterConfig(top=3, most_accurate=True))
+    assert with_best == trials[:3] + [trials[4]]
+    # Already among the top: nothing added.
+    assert filter_slate(trials, FilterConfig(top=5, most_accurate=True)) == trials
+    assert filter_slate([], FilterConfig(top=3, most_accurate=True)) == []
 
 
 def test_conditional_layers_only_count_while_active():

@@ -114,12 +114,16 @@ class FilterConfig:
     choose "accuracy" (METHOD.md's rule): the smallest whose accuracy is within ``tolerance``
     of the best one's; "objective": the one with the best objective (the stage's reward,
     which prices parameters against wrong voxels) after the retraining.
+    most_accurate: also retrain the most accurate trial when it is not among the top, so
+    that a choice too small for the grid has a runner-up with the capacity it lacks
+    (vox_tf.search_final).
     """
 
     top: int = 10
     epochs: int = 100
     tolerance: float = 1e-4
     choose: str = "accuracy"
+    most_accurate: bool = False
 
     def check(self):
         require_int(self, "top", 1)

@@ -4,9 +4,9 @@ Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse
 
 1. search: keras_tuner.Hyperband over the stage's space (vox_tf.search_space), each trial
    scored on its reconstruction of the grid;
-2. filter: the ``top`` best architectures retrained ``epochs`` each; the smallest whose
-   accuracy is within ``tolerance`` of the best is chosen (or, with ``choose: objective``,
-   the best by the stage's objective). The fine stage is searched inside the mask of the
+2. filter: the ``top`` best architectures (and, with ``most_accurate``, the most accurate
+   trial's) retrained ``epochs`` each; the smallest whose accuracy is within ``tolerance``
+   of the best is chosen (or, with ``choose: objective``, the best by the stage's objective). The fine stage is searched inside the mask of the
    chosen coarse network;
 3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
    weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``
@@ -174,10 +174,13 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
     model.keras, done.json) and is skipped once done.
     """
     settings = config.stage(stage).filter
-    count = min(settings.top, len(candidates))
-    phase(verbose, f"{stage} filter: the top {count} retrained for {settings.epochs} epochs each")
+    slate = filter_slate(candidates, settings)
+    count = len(slate)
+    top = min(settings.top, len(candidates))
+    phase(verbose, f"{stage} filter: the top {top}" + (" and the most accurate" if count > top else "")
+          + f" retrained for {settings.epochs} epochs each")
     results, models = [], []
-    for index, candidate in enumerate(candidates[:settings.top]):
+    for index, candidate in enumerate(slate):
         directory = Path(run_dir) / SEARCH_DIR / f"{stage}_filter" / f"{index:02d}"
         done_path, model_path = directory / DONE_FILE, directory / "model.keras"
         if done_path.exists() and model_path.exists():
@@ -210,6 +213,30 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
     chosen = choose(results, settings)
     model = keras.saving.load_model(models[results.index(chosen)], compile=False)
     return chosen, model, [Retrained(c, path) for c, path in zip(results, models)]
+
+
+def filter_slate(candidates, settings):
+    """The candidates the filter retrains: the ``top`` best, and with ``most_accurate`` the
+    most accurate one after them when it is not among them.
+
+    At 256^3 the reward's top 3 may all be nets too small for the grid (mgn10_125611494287978_
+    ShirtNoCoat at c = 5e7: 17,655, 14,311 and 12,295 parameters; the first ended at IoU
+    97.19 %), and then the final step has no runner-up to replace the choice with; the most
+    accurate trial was a 46,183-parameter net.
+
+    Example:
+        >>> slate = filter_slate([Candidate("16:elu", {}, 0.0195, 0.9990, 300),
+        ...                       Candidate("128:elu", {}, 0.0190, 0.9995, 9000)],
+        ...                      vox_tf.search_config.FilterConfig(top=1, most_accurate=True))
+        >>> [c.arch for c in slate]
+        ['16:elu', '128:elu']
+    """
+    slate = candidates[:settings.top]
+    if settings.most_accurate and candidates:
+        best = max(candidates, key=lambda c: (c.accuracy, -c.params))
+        if best not in slate:
+            slate = slate + [best]
+    return slate
 
 
 def choose(candidates, settings):
