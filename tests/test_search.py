@@ -22,7 +22,7 @@ from vox_tf.exports import ERROR_CLASSES
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
 from vox_tf.models import arch_of, format_arch
-from vox_tf.search_pipeline import Candidate, choose, filter_slate, pick_smallest
+from vox_tf.search_pipeline import Candidate, Retrained, choose, filter_slate, pick_smallest
 from vox_tf.hierarchy import occupancy_grid
 from vox_tf.sampling import fine_samples, upsample_mask
 from vox_tf.search_config import (DEFAULT_CONFIG, FilterConfig, ObjectiveConfig, SearchConfig,
@@ -99,6 +99,7 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     assert at_256.fine.hyperband.iterations == 2 and at_128.fine.hyperband.iterations == 1
     assert (at_256.fine.filter.choose, at_128.fine.filter.choose) == ("objective", "accuracy")
     assert at_256.fine.filter.most_accurate and not at_128.fine.filter.most_accurate
+    assert (at_256.fine.filter.min_iou, at_128.fine.filter.min_iou) == (0.995, None)
     assert at_256.training.learning_rate == at_128.training.learning_rate
     # A user's config without by_resolution is used as written, whatever the grid.
     mine = write_config(tmp_path / "mine.yaml", {"fine": {"max_layers": 2}})
@@ -121,6 +122,8 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     ({"training": {"focus": 1.0}}, "training.focus: must be in"),
     ({"fine": {"filter": {"choose": "size"}}}, "fine.filter.choose: must be one of"),
     ({"fine": {"final_samples": 0}}, "fine.final_samples: must be an integer >= 1"),
+    ({"fine": {"filter": {"min_iou": 99.5}}}, r"fine.filter.min_iou: must be in \(0, 1\]"),
+    ({"coarse": {"filter": {"min_iou": 0.99}}}, "coarse.filter.min_iou: only the fine stage"),
     ({"training": {"final_learning_rate": 0.0}}, "training.final_learning_rate: must be > 0 and >= min_lr"),
     ([1, 2], "must be a mapping"),
 ])
@@ -171,6 +174,24 @@ def test_filter_also_retrains_the_most_accurate_trial_when_asked():
     # Already among the top: nothing added.
     assert filter_slate(trials, FilterConfig(top=5, most_accurate=True)) == trials
     assert filter_slate([], FilterConfig(top=3, most_accurate=True)) == []
+
+
+def test_a_choice_that_ends_below_min_iou_gets_a_runner_up_more_accurate_after_the_filter():
+    # mgn10_125611504997669_LongCoat at c = 5e7: the chosen 21,223-parameter net ended with
+    # fewer wrong voxels (1,729) than the 46,183 one had after the filter (1,871), at IoU 97.9 %.
+    size = 256 ** 3
+    retrained = [Retrained(Candidate(arch, {}, score, 1 - wrong / size, params), f"{i:02d}")
+                 for i, (arch, score, wrong, params) in enumerate([
+                     ("128:swish,16:relu,48:elu", 0.019086, 11943, 17655),
+                     ("128:swish,48:swish,48:elu,128:swish,128:relu", 0.019116, 1871, 46183),
+                     ("64:swish,64:elu,32:elu,128:swish", 0.019235, 8246, 21223)])]
+    final = {"accuracy": 1 - 1729 / size, "iou": 0.97878}
+    chosen = "64:swish,64:elu,32:elu,128:swish"
+    assert search_final.runner_up(retrained, chosen, final) is None
+    assert search_final.runner_up(retrained, chosen, final, 0.99).model_path == "01"
+    # Above the floor the choice stands; a less accurate candidate is never the runner-up.
+    assert search_final.runner_up(retrained, chosen, {**final, "iou": 0.996}, 0.995) is None
+    assert search_final.runner_up(retrained[:1] + retrained[2:], chosen, final, 0.99) is None
 
 
 def test_conditional_layers_only_count_while_active():

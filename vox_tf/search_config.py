@@ -117,6 +117,8 @@ class FilterConfig:
     most_accurate: also retrain the most accurate trial when it is not among the top, so
     that a choice too small for the grid has a runner-up with the capacity it lacks
     (vox_tf.search_final).
+    min_iou: (fine stage) a choice whose final training ends below this IoU is replaced by
+    a filter candidate that was more accurate after the filter (vox_tf.search_final).
     """
 
     top: int = 10
@@ -124,12 +126,15 @@ class FilterConfig:
     tolerance: float = 1e-4
     choose: str = "accuracy"
     most_accurate: bool = False
+    min_iou: float | None = None
 
     def check(self):
         require_int(self, "top", 1)
         require_int(self, "epochs", 1)
         require(self.tolerance >= 0, "tolerance", "must be >= 0")
         require_one_of(self, "choose", FILTER_CHOICES)
+        require(self.min_iou is None or 0 < self.min_iou <= 1, "min_iou",
+                "must be in (0, 1], or null")
 
 
 @dataclass
@@ -294,6 +299,8 @@ class SearchConfig:
         require(self.coarse.objective.kind != "packed_reward", "coarse.objective.kind",
                 "packed_reward prices a network's bytes, and a packed file keeps the coarse "
                 "stage as its occupancy grid, not its network: use reward")
+        require(self.coarse.filter.min_iou is None, "coarse.filter.min_iou",
+                "only the fine stage's choice is replaced by a runner-up: use null")
         # Every entry is checked now, not when a grid of its resolution turns up.
         for key, overrides in self.by_resolution.items():
             where = f"{BY_RESOLUTION}.{key}"

@@ -6,14 +6,14 @@ Phases of one run (METHOD.md, "Architecture search"), each stage in turn, coarse
    scored on its reconstruction of the grid;
 2. filter: the ``top`` best architectures (and, with ``most_accurate``, the most accurate
    trial's) retrained ``epochs`` each; the smallest whose accuracy is within ``tolerance``
-   of the best is chosen (or, with ``choose: objective``, the best by the stage's objective). The fine stage is searched inside the mask of the
-   chosen coarse network;
+   of the best is chosen (or, with ``choose: objective``, the best by the stage's objective).
+   The fine stage is searched inside the mask of the chosen coarse network;
 3. final: both chosen networks trained on by vox_tf.train.train_hierarchy, from their filter
    weights (a stage already without a wrong voxel is kept as it is), up to ``final_epochs``
    (or the epochs that show ``final_samples`` samples, when more).
    A fine choice whose final reconstruction has more wrong voxels than another filter
-   candidate had after the filter is replaced by that one, trained the same way
-   (vox_tf.search_final).
+   candidate had after the filter (or, with ``min_iou``, ends below that IoU) is replaced by
+   a runner-up, trained the same way (vox_tf.search_final).
 
 Run directory (DIR = --out)::
 
@@ -177,8 +177,8 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
     slate = filter_slate(candidates, settings)
     count = len(slate)
     top = min(settings.top, len(candidates))
-    phase(verbose, f"{stage} filter: the top {top}" + (" and the most accurate" if count > top else "")
-          + f" retrained for {settings.epochs} epochs each")
+    also = " and the most accurate" if count > top else ""
+    phase(verbose, f"{stage} filter: the top {top}{also} retrained for {settings.epochs} epochs each")
     results, models = [], []
     for index, candidate in enumerate(slate):
         directory = Path(run_dir) / SEARCH_DIR / f"{stage}_filter" / f"{index:02d}"
