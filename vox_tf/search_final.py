@@ -50,9 +50,10 @@ def runner_up(retrained, chosen_arch, final, min_iou=None):
     Example:
         >>> small = Retrained(Candidate("64:elu", {}, 0.01924, 0.999408, 21223), "00/model.keras")
         >>> large = Retrained(Candidate("128:elu", {}, 0.01923, 0.999711, 46183), "01/model.keras")
-        >>> runner_up([small, large], "64:elu", {"accuracy": 0.999588, "iou": 0.955}).candidate.arch
+        >>> short = {"accuracy": 0.999588, "iou": 0.955}  # below the large one's filter accuracy
+        >>> runner_up([small, large], "64:elu", short).candidate.arch
         '128:elu'
-        >>> ended = {"accuracy": 0.999897, "iou": 0.979}
+        >>> ended = {"accuracy": 0.999897, "iou": 0.979}  # above it, but below min_iou
         >>> runner_up([small, large], "64:elu", ended, 0.995).candidate.arch
         '128:elu'
     """
