@@ -46,7 +46,9 @@ FINETUNE_LR = 1e-4
 """Fine-tuning defaults. Bunny 128^3, fine stage (11 wrong voxels in float32), wrong voxels
 after fine-tuning from plain quantization: 8 bits 77 -> 19 (10 epochs at 1e-4; 25 at 3e-4,
 31 at 1e-3); 6 bits 2,165 -> 735 (20 epochs at 1e-4; 989 at 3e-5, 1,507 at 1e-2); 4 bits
-13,118 -> 8,872 (20 epochs at 1e-4), 6,745 at best (30 epochs at 3e-3)."""
+13,118 -> 8,872 (20 epochs at 1e-4), 6,745 at best (30 epochs at 3e-3). At 256^3 longer
+tuning does not rescue 4 bits either: mgn10_125611494287978_ShirtNoCoat's searched 20,487
+net (143 wrong voxels in float32), 40 epochs at 3e-3: 23,839 -> 13,154 (IoU 85.3 %)."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each
 fine-tuned, the smallest file kept: weights with fewer bits may cost the residual less than
