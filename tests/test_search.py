@@ -95,8 +95,8 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     assert (at_256.encoding.positional_levels, at_256.training.focus) == (9, 0.5)
     assert (at_128.training.final_settings(), at_256.training.final_settings()) == (
         {}, {"learning_rate": 3e-3})
-    # ... twice the trials, and a filter that weighs parameters against wrong voxels.
-    assert at_256.fine.hyperband.iterations == 2 and at_128.fine.hyperband.iterations == 1
+    # ... three times the trials, and a filter that weighs parameters against wrong voxels.
+    assert at_256.fine.hyperband.iterations == 3 and at_128.fine.hyperband.iterations == 1
     assert (at_256.fine.filter.choose, at_128.fine.filter.choose) == ("objective", "accuracy")
     assert at_256.fine.filter.most_accurate and not at_128.fine.filter.most_accurate
     assert (at_256.fine.filter.min_iou, at_128.fine.filter.min_iou) == (0.995, None)
