@@ -99,7 +99,7 @@ def test_default_config_fits_the_grid_resolution(tmp_path):
     assert at_256.fine.hyperband.iterations == 3 and at_128.fine.hyperband.iterations == 1
     assert (at_256.fine.filter.choose, at_128.fine.filter.choose) == ("objective", "accuracy")
     assert at_256.fine.filter.most_accurate and not at_128.fine.filter.most_accurate
-    assert (at_256.fine.filter.min_iou, at_128.fine.filter.min_iou) == (0.999, None)
+    assert (at_256.fine.filter.min_iou, at_128.fine.filter.min_iou) == (0.998, None)
     assert at_256.training.learning_rate == at_128.training.learning_rate
     # A user's config without by_resolution is used as written, whatever the grid.
     mine = write_config(tmp_path / "mine.yaml", {"fine": {"max_layers": 2}})
