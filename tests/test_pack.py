@@ -187,6 +187,9 @@ def test_packed_file_loads_with_the_reconstructor_api_and_8_bits_keep_the_iou(ru
     size = packed["8"].stat().st_size
     assert size < results["bytes_fp32"] / 3.5
     assert f"{size:,} bytes" in packed["8 stdout"] and "IoU" in packed["8 stdout"]
+    # beside the file's IoU, the float32 model's, so a user sees what the bits cost
+    assert f"float32 model {100 * results['iou']:.3f} %" in packed["8 stdout"]
+    assert f"{100 * (iou(grid, voxels.dense()) - results['iou']):+.3f} points" in packed["8 stdout"]
     # results.json's size is the 8-bit file's, without fine-tuning
     assert results["bytes_packed"] == len(pack.pack_run(run_dir, 8, finetune_epochs=0)[0])
     assert results["bpov"] == pytest.approx(8 * results["bytes_packed"] / len(voxels.indices))
