@@ -104,8 +104,8 @@ def main(argv=None):
     parser.add_argument("--runs", type=Path, help="directory of trained runs, one per grid name")
     parser.add_argument("--finetune-epochs", type=int, default=10,
                         help="quantization-aware epochs of the fine net")
-    parser.add_argument("--bits", type=int, nargs="+", choices=BITS, default=list(BITS),
-                        help="bits of the lossy files packed")
+    parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
+                        help="bits of the lossy files packed (none: lossless files only)")
     parser.add_argument("--lossless-bits", type=int, nargs="+", choices=BITS, default=[5, 4],
                         help="bits of the lossless files packed (the column: the smallest)")
     args = parse_args(parser, {"finetune_epochs": 2}, argv)
