@@ -12,7 +12,7 @@ voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory once it finishes::
 
-    quantized/<bits>bit_x<a>p<b>_<epochs>ep_fine_v<quantizer>.npz
+    quantized/<bits>bit_x<a>p<b>_<epochs>ep_lr<learning rate>_fine_v<quantizer>.npz
 
 (a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
 ExtraBits), so packing again (say with --lossless) reuses it. The quantizer's version is in
@@ -43,12 +43,23 @@ VOXELS_FILE = "voxels.npz"
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 10
 FINETUNE_LR = 1e-4
-"""Fine-tuning defaults. Bunny 128^3, fine stage (11 wrong voxels in float32), wrong voxels
-after fine-tuning from plain quantization: 8 bits 77 -> 19 (10 epochs at 1e-4; 25 at 3e-4,
-31 at 1e-3); 6 bits 2,165 -> 735 (20 epochs at 1e-4; 989 at 3e-5, 1,507 at 1e-2); 4 bits
-13,118 -> 8,872 (20 epochs at 1e-4), 6,745 at best (30 epochs at 3e-3). At 256^3 longer
-tuning does not rescue 4 bits either: mgn10_125611494287978_ShirtNoCoat's searched 20,487
-net (143 wrong voxels in float32), 40 epochs at 3e-3: 23,839 -> 13,154 (IoU 85.3 %)."""
+FINETUNE_LR_BY_BITS = {8: 3e-5}
+"""Fine-tuning defaults: Adam's starting rate is FINETUNE_LR_BY_BITS[bits], else FINETUNE_LR
+(:func:`finetune_learning_rate`).
+
+Bunny 128^3, fine stage (11 wrong voxels in float32), wrong voxels after fine-tuning from
+plain quantization: 8 bits 77 -> 19 (10 epochs at 1e-4; 25 at 3e-4, 31 at 1e-3); 6 bits
+2,165 -> 735 (20 epochs at 1e-4; 989 at 3e-5, 1,507 at 1e-2); 4 bits 13,118 -> 8,872 (20
+epochs at 1e-4), 6,745 at best (30 epochs at 3e-3). At 256^3 longer tuning does not rescue 4
+bits either: mgn10_125611494287978_ShirtNoCoat's searched 20,487 net (143 wrong voxels in
+float32), 40 epochs at 3e-3: 23,839 -> 13,154 (IoU 85.3 %).
+
+8 bits, the default search's models of the eight 256^3 seed grids (runs/seed8, 10 epochs):
+at 1e-4 thingi32_64444's file lost 0.051 points of IoU (51 wrong voxels, 6 in float32) and
+LongCoat's 0.017; at 3e-5 the largest loss is 0.013 (64444, 17 wrong; 1e-5: 13), the total
+of wrong voxels over the eight 43 (1e-5: 56). An 8-bit step is a sixteenth of a 4-bit one,
+and at 1e-4 Adam's steps walk the weights across many of them. Bunny and Wuson at 128^3 (the
+default search's models): the same files at 1e-5, 3e-5 and 1e-4."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each
 fine-tuned, the smallest file kept: weights with fewer bits may cost the residual less than
@@ -91,8 +102,18 @@ def ground_truth(directory, voxel_path=None):
     return VoxelGrid.load(path)
 
 
+def finetune_learning_rate(bits):
+    """Adam's starting rate for quantization-aware fine-tuning at ``bits``.
+
+    Example:
+        >>> finetune_learning_rate(8), finetune_learning_rate(4)
+        (3e-05, 0.0001)
+    """
+    return FINETUNE_LR_BY_BITS.get(bits, FINETUNE_LR)
+
+
 def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS,
-              learning_rate=FINETUNE_LR):
+              learning_rate=None):
     """The run's reconstructor with its fine network quantized to ``bits`` (the first Dense
     kernel and the tri-plane lattices ``extra_bits`` more), fine-tuned ``epochs`` in the
     float32 coarse net's mask (the one the file stores).
@@ -110,8 +131,9 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS,
         raise MeshError(voxels.source, f"resolution {voxels.resolution} is not the model's "
                                        f"{reconstructor.resolution}")
     config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
-    cache = (directory / QUANTIZED_DIR /
-             f"{bits}bit_{extra_bits.name}_{epochs}ep_fine_v{QUANTIZER_VERSION}.npz")
+    if learning_rate is None:
+        learning_rate = finetune_learning_rate(bits)
+    cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs, learning_rate)
     if cache.exists():
         with np.load(cache) as saved:
             reconstructor.fine.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
@@ -124,6 +146,17 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS,
     with atomic_output(cache) as tmp:
         np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})
     return reconstructor
+
+
+def finetune_cache_name(bits, extra_bits, epochs, learning_rate):
+    """File name, in RUN_DIR/quantized/, of the weights fine-tuned with these settings.
+
+    Example:
+        >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 10, 3e-5)
+        '8bit_x2p4_10ep_lr3e-05_fine_v4.npz'
+    """
+    return (f"{bits}bit_{extra_bits.name}_{epochs}ep_lr{learning_rate:g}"
+            f"_fine_v{QUANTIZER_VERSION}.npz")
 
 
 def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_path=None):

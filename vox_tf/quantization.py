@@ -273,7 +273,7 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
         bits: one of BITS.
         epochs: passes over data.dataset (0: plain quantization).
         learning_rate: Adam's at the start, decayed to 0 along half a cosine (measured
-            choices: vox_tf.pack.FINETUNE_LR).
+            choices: vox_tf.pack.finetune_learning_rate).
         evaluate_every: epochs between grid evaluations (default: every epoch).
         extra_bits: ExtraBits of the first Dense kernel and the planes (:func:`weight_bits`).
     Returns:
