@@ -57,9 +57,9 @@ float32), 40 epochs at 3e-3: 23,839 -> 13,154 (IoU 85.3 %).
 8 bits, the default search's models of the eight 256^3 seed grids (runs/seed8, 10 epochs):
 at 1e-4 thingi32_64444's file lost 0.051 points of IoU (51 wrong voxels, 6 in float32) and
 LongCoat's 0.017; at 3e-5 the largest loss is 0.013 (64444, 17 wrong; 1e-5: 13), the total
-of wrong voxels over the eight 43 (1e-5: 56). An 8-bit step is a sixteenth of a 4-bit one,
-and at 1e-4 Adam's steps walk the weights across many of them. Bunny and Wuson at 128^3 (the
-default search's models): the same files at 1e-5, 3e-5 and 1e-4."""
+of wrong voxels over the eight 43 (1e-5: 56). Why, we think: an 8-bit step is a sixteenth of
+a 4-bit one, and at 1e-4 Adam's steps carry the weights across many of them. Bunny and Wuson
+at 128^3 (the default search's models): the same files at 1e-5, 3e-5 and 1e-4."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each
 fine-tuned, the smallest file kept: weights with fewer bits may cost the residual less than
