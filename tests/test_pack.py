@@ -228,8 +228,9 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
     cached = {(4, default, 4), (8, default, 2), *((4, extra, 4) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
-        pack.finetune_cache_name(bits, extra, epochs, pack.finetune_learning_rate(bits))
-        for bits, extra, epochs in cached)
+        f"{bits}bit_{extra.name}_{epochs}ep_lr{pack.finetune_learning_rate(bits):g}"
+        f"_fine_v{pack.QUANTIZER_VERSION}.npz" for bits, extra, epochs in cached)
+    assert pack.finetune_learning_rate(8) < pack.finetune_learning_rate(4)
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):

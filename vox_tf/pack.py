@@ -171,7 +171,9 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         voxel_path: the input grid, for runs without voxels.npz.
     Returns:
         (bytes, sizes as vox_tf.packed_model.pack gives plus residual_list /
-        residual_probabilities when lossless, VoxelGrid or None when no ground truth exists).
+        residual_probabilities when lossless, float32_iou (the run's float32 model's IoU as
+        trained, None if not recorded) when lossy, VoxelGrid or None when no ground truth
+        exists).
 
     Example:
         >>> blob, sizes, truth = pack_run("runs/bunny", bits=4, lossless_mode=True)
@@ -186,7 +188,9 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         voxels, finetune_epochs = None, 0
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
     if not lossless_mode:
-        blob, sizes = packed_model.pack(finetuned(directory, bits, epochs, voxels), bits)
+        reconstructor = finetuned(directory, bits, epochs, voxels)
+        blob, sizes = packed_model.pack(reconstructor, bits)
+        sizes["float32_iou"] = reconstructor.metrics.get("iou")
         return blob, sizes, voxels
     truth = voxels.dense()
     files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra), bits, extra, truth)
@@ -231,12 +235,6 @@ def decoded_figures(path, voxels):
     return figures
 
 
-def float32_iou(run_dir):
-    """IoU of the run's float32 model as trained (its metadata), or None when not recorded."""
-    metadata = json.loads((model_dir(run_dir) / METADATA_FILE).read_text())
-    return (metadata.get("metrics") or {}).get("iou")
-
-
 def _parser():
     p = argparse.ArgumentParser(prog="python -m vox_tf.pack",
                                 description="Write a trained model as one packed .vxz file.")
@@ -270,8 +268,8 @@ def main(argv=None) -> int:
     if "iou" in figures:
         line += f" = {figures['bpov']:.3f} bpov, IoU {100 * figures['iou']:.3f} %"
         # What the bits cost is the figure a user picks --bits by (4 bits loses points).
-        reference = float32_iou(args.run_dir)
-        if reference is not None and not args.lossless:
+        reference = sizes.get("float32_iou")
+        if reference is not None:
             line += (f" (float32 model {100 * reference:.3f} %, "
                      f"{100 * (figures['iou'] - reference):+.3f} points)")
     line += (f" (weights: ans {sizes['weights_ans']:,} B, lzma {sizes['weights_lzma']:,} B, "
