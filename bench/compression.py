@@ -96,18 +96,21 @@ def _cell(size, voxels):
 
 
 def main(argv=None):
+    from vox_tf.pack import FINETUNE_EPOCHS
     from vox_tf.quantization import BITS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grids", type=Path, nargs="+", default=[SEEDGRIDS],
                         help="voxel .npz files or directories of them")
     parser.add_argument("--runs", type=Path, help="directory of trained runs, one per grid name")
-    parser.add_argument("--finetune-epochs", type=int, default=10,
-                        help="quantization-aware epochs of the fine net")
+    parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
+                        help=f"rounding fine-tuning epochs of the fine net (default "
+                             f"{FINETUNE_EPOCHS}, as vox_tf.pack)")
     parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
                         help="bits of the lossy files packed (none: lossless files only)")
-    parser.add_argument("--lossless-bits", type=int, nargs="+", choices=BITS, default=[5, 4],
-                        help="bits of the lossless files packed (the column: the smallest)")
+    parser.add_argument("--lossless-bits", type=int, nargs="*", choices=BITS, default=[5, 4],
+                        help="bits of the lossless files packed (the column: the smallest; "
+                             "none: lossy files only)")
     args = parse_args(parser, {"finetune_epochs": 2}, argv)
 
     from vox_tf.grid import VoxelGrid

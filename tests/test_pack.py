@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from scipy import ndimage
 
 import vox_tf
@@ -93,11 +92,17 @@ def test_quantization_is_per_output_channel_and_idempotent():
             q = quantization.quantize(tensor, bits)
             again = quantization.quantize(q.dequantize(), bits)
             assert np.array_equal(again.levels, q.levels)
-            # the training step's quantizer gives the packer's values
-            fake = quantization.fake_quantize(tf.constant(tensor), tf.constant(q.scales.astype(np.float32)), top)
-            assert np.allclose(fake.numpy(), q.dequantize(), rtol=0, atol=1e-6)
     bias = quantization.quantize(np.array([0.5, -0.25, 0.0]), 4)
-    assert bias.scales.shape == (1,) and bias.levels.tolist() == [7, -4, 0]
+    # exact at scale 1/8 (levels 4, -2, 0): no scale with 7 at the top is
+    assert bias.scales.shape == (1,) and bias.dequantize().tolist() == [0.5, -0.25, 0.0]
+    # levels whose largest is under Q (the learned rounding can round a peak down) are kept
+    # (a tensor of one channel has a float16 scale, the others a power of 2^(1/16))
+    for shape, scale in (((45, 8), quantization.scales_from_exponents([-40])[0]),
+                         ((45,), np.float32(np.float16(0.177)))):
+        levels = np.random.default_rng(2).integers(-5, 6, shape)
+        levels[0] = 5
+        values = (levels * scale).astype(np.float32)
+        assert np.array_equal(quantization.quantize(values, 4).dequantize(), values)
 
 
 def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed):
@@ -228,9 +233,28 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
     cached = {(4, default, 4), (8, default, 2), *((4, extra, 4) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
-        f"{bits}bit_{extra.name}_{epochs}ep_lr{pack.finetune_learning_rate(bits):g}"
+        f"{bits}bit_{extra.name}_{epochs}ep_rounding_lr{pack.FINETUNE_LR:g}"
         f"_fine_v{pack.QUANTIZER_VERSION}.npz" for bits, extra, epochs in cached)
-    assert pack.finetune_learning_rate(8) < pack.finetune_learning_rate(4)
+
+
+def test_finetuning_only_rounds_each_weight_down_or_up_at_the_plain_scales(run, packed):
+    run_dir, _, _ = run
+    model = vox_tf.load(run_dir)
+    # the file holds the tri-plane nodes some voxel reads, quantized at their own scales
+    as_packed = packed_model.fine_weights_as_packed(model)
+    tuned = vox_tf.load(packed["4"]).fine.get_weights()
+    moved = 0
+    for weights, decoded, bits in zip(as_packed, tuned, quantization.weight_bits(model.fine, 4)):
+        plain = quantization.quantize(weights, bits)
+        stored = quantization.quantize(decoded, bits)
+        assert np.array_equal(stored.scales, plain.scales)
+        scales = plain.scales if weights.ndim > 1 else plain.scales[0]
+        down = np.floor(weights / scales)
+        top = quantization.max_level(bits)
+        assert np.all((stored.levels == np.clip(down, -top, top))
+                      | (stored.levels == np.clip(down + 1, -top, top)))
+        moved += int((stored.levels != plain.levels).sum())
+    assert moved > 0  # and not to the nearest level everywhere
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):

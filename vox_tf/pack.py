@@ -4,19 +4,19 @@
 
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
-(vox_tf.quantization), fine-tuned with the quantizer in the loop for --finetune-epochs
-(default 10; none for a run without its voxels), and written with vox_tf.packed_model beside
+(vox_tf.quantization), its rounding fine-tuned (learned up or down per weight) for
+--finetune-epochs (default 30; none for a run without its voxels), and written with vox_tf.packed_model beside
 the coarse net's occupancy grid; --lossless adds the voxels the file still gets wrong
 (vox_tf.lossless) so it decodes to exactly the input grid. The ground truth is the run's
 voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory once it finishes::
 
-    quantized/<bits>bit_x<a>p<b>_<epochs>ep_lr<learning rate>_fine_v<quantizer>.npz
+    quantized/<bits>bit_x<a>p<b>_<epochs>ep_rounding_lr<learning rate>_fine_v<quantizer>.npz
 
 (a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
-ExtraBits), so packing again (say with --lossless) reuses it. The quantizer's version is in
-the name: weights fine-tuned for another quantizer are not reused. A lossless file is packed
+ExtraBits), so packing again (say with --lossless) reuses it. The quantizer's version and the
+fine-tuning's method are in the name: weights tuned otherwise are not reused. A lossless file is packed
 with each of LOSSLESS_EXTRA_BITS and the smallest file kept. Every figure printed is measured
 on the file as written, decoded back.
 """
@@ -41,29 +41,17 @@ from vox_tf.run_layout import CONFIG_FILE, MODEL_DIR, RUN_FILE
 VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
-FINETUNE_EPOCHS = 10
-FINETUNE_LR = 1e-4
-FINETUNE_LR_BY_BITS = {8: 3e-5}
-"""Fine-tuning defaults: Adam's starting rate is FINETUNE_LR_BY_BITS[bits], else FINETUNE_LR
-(:func:`finetune_learning_rate`).
-
-Bunny 128^3, fine stage (11 wrong voxels in float32), wrong voxels after fine-tuning from
-plain quantization: 8 bits 77 -> 19 (10 epochs at 1e-4; 25 at 3e-4, 31 at 1e-3); 6 bits
-2,165 -> 735 (20 epochs at 1e-4; 989 at 3e-5, 1,507 at 1e-2); 4 bits 13,118 -> 8,872 (20
-epochs at 1e-4), 6,745 at best (30 epochs at 3e-3). At 256^3 longer tuning does not rescue 4
-bits either: mgn10_125611494287978_ShirtNoCoat's searched 20,487 net (143 wrong voxels in
-float32), 40 epochs at 3e-3: 23,839 -> 13,154 (IoU 85.3 %).
-
-8 bits, the default search's models of the eight 256^3 seed grids (runs/seed8, 10 epochs):
-at 1e-4 thingi32_64444's file lost 0.051 points of IoU (51 wrong voxels, 6 in float32) and
-LongCoat's 0.017; at 3e-5 the largest loss is 0.013 (64444, 17 wrong; 1e-5: 13), the total
-of wrong voxels over the eight 43 (1e-5: 56). Why, we think: an 8-bit step is a sixteenth of
-a 4-bit one, and at 1e-4 Adam's steps carry the weights across many of them. Bunny and Wuson
-at 128^3 (the default search's models): the same files at 1e-5, 3e-5 and 1e-4."""
+FINETUNE_EPOCHS = 30
+FINETUNE_LR = 3e-2
+"""Fine-tuning defaults (vox_tf.quantization.finetune_quantized, learned rounding): epochs,
+and Adam's rate for the rounding variables. Bunny 128^3 (runs/b0, 0 wrong voxels in float32),
+4 bits: 20 epochs 3,754 wrong voxels (lambda 1e-4), 30 at 3e-2 1,826, 200 at 1e-2 1,606 and
+at 3e-2 1,576. 256^3 takes ~3 s an epoch on 2 cores (thingi32_64444, 49,000 fine samples)."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each
 fine-tuned, the smallest file kept: weights with fewer bits may cost the residual less than
-they save. On the eight 256^3 seed grids (the default search's models, 5 bits, 10 epochs) +1/+4
+they save. On the eight 256^3 seed grids (the default search's models, 5 bits, 10 epochs of
+the straight-through fine-tuning that the learned rounding replaced) +1/+4
 was smallest on four, +0/+3 on three (thingi32_64444 11,712 -> 11,082 bytes, lzma 11,464;
 mgn10_125611516241372_TShirtNoCoat 11,109 -> 10,596; thingi32_73075 14,088 -> 14,074) and
 +0/+4 on thingi32_92763 (14,158 -> 13,671); the lossy default +2/+4 on none, nor +0/+2
@@ -102,18 +90,7 @@ def ground_truth(directory, voxel_path=None):
     return VoxelGrid.load(path)
 
 
-def finetune_learning_rate(bits):
-    """Adam's starting rate for quantization-aware fine-tuning at ``bits``.
-
-    Example:
-        >>> finetune_learning_rate(8), finetune_learning_rate(4)
-        (3e-05, 0.0001)
-    """
-    return FINETUNE_LR_BY_BITS.get(bits, FINETUNE_LR)
-
-
-def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS,
-              learning_rate=None):
+def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS):
     """The run's reconstructor with its fine network quantized to ``bits`` (the first Dense
     kernel and the tri-plane lattices ``extra_bits`` more), fine-tuned ``epochs`` in the
     float32 coarse net's mask (the one the file stores).
@@ -131,9 +108,7 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS,
         raise MeshError(voxels.source, f"resolution {voxels.resolution} is not the model's "
                                        f"{reconstructor.resolution}")
     config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
-    if learning_rate is None:
-        learning_rate = finetune_learning_rate(bits)
-    cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs, learning_rate)
+    cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs)
     if cache.exists():
         with np.load(cache) as saved:
             reconstructor.fine.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
@@ -142,20 +117,21 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS,
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
           file=sys.stderr)
     finetune_quantized(reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config),
-                       bits, epochs, learning_rate, extra_bits=extra_bits)
+                       bits, epochs, FINETUNE_LR, extra_bits=extra_bits,
+                       scale_weights=packed_model.fine_weights_as_packed(reconstructor))
     with atomic_output(cache) as tmp:
         np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})
     return reconstructor
 
 
-def finetune_cache_name(bits, extra_bits, epochs, learning_rate):
+def finetune_cache_name(bits, extra_bits, epochs):
     """File name, in RUN_DIR/quantized/, of the weights fine-tuned with these settings.
 
     Example:
-        >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 10, 3e-5)
-        '8bit_x2p4_10ep_lr3e-05_fine_v4.npz'
+        >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
+        '8bit_x2p4_30ep_rounding_lr0.03_fine_v4.npz'
     """
-    return (f"{bits}bit_{extra_bits.name}_{epochs}ep_lr{learning_rate:g}"
+    return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_LR:g}"
             f"_fine_v{QUANTIZER_VERSION}.npz")
 
 
