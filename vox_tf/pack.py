@@ -5,10 +5,10 @@
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
 (vox_tf.quantization), its rounding fine-tuned (learned up or down per weight) for
---finetune-epochs (default 30; none for a run without its voxels), and written with vox_tf.packed_model beside
-the coarse net's occupancy grid; --lossless adds the voxels the file still gets wrong
-(vox_tf.lossless) so it decodes to exactly the input grid. The ground truth is the run's
-voxels.npz (or --voxel for runs older than it).
+--finetune-epochs (default 30; none for a run without its voxels), and written with
+vox_tf.packed_model beside the coarse net's occupancy grid; --lossless adds the voxels the file
+still gets wrong (vox_tf.lossless) so it decodes to exactly the input grid. The ground truth is
+the run's voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory once it finishes::
 
@@ -16,9 +16,9 @@ Fine-tuning is kept in the run directory once it finishes::
 
 (a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
 ExtraBits), so packing again (say with --lossless) reuses it. The quantizer's version and the
-fine-tuning's method are in the name: weights tuned otherwise are not reused. A lossless file is packed
-with each of LOSSLESS_EXTRA_BITS and the smallest file kept. Every figure printed is measured
-on the file as written, decoded back.
+fine-tuning's method are in the name: weights tuned otherwise are not reused. A lossless file
+is packed with each of LOSSLESS_EXTRA_BITS and the smallest file kept. Every figure printed is
+measured on the file as written, decoded back.
 """
 
 import argparse
@@ -43,23 +43,24 @@ VOXELS_FILE = "voxels.npz"
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
 FINETUNE_LR = 1e-1
-"""Fine-tuning defaults (vox_tf.quantization.finetune_quantized, learned rounding): epochs,
-and Adam's rate for the rounding variables. Wrong voxels of the fine stage, 30 epochs at 1e-1
-against 3e-2 (the output kernel's rounding still learned then): bunny 128^3 (runs/b0, 0 in float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against
-1,826 / 340 / 4; runs/real128's 3DSMaxExport (17 in float32) 8 bits 20 and 20, 6 bits 32
-and 59, 4 bits 406 and 825; Spider_binary 6 bits 477 and 536. Bunny 4 bits, 20 epochs at
-3e-2 and lambda 1e-4: 3,754; 200 epochs at 1e-2 (lambda 1e-3): 1,606. 256^3 takes ~3 s an
-epoch on 2 cores (thingi32_64444)."""
+"""Fine-tuning defaults (vox_tf.quantization.finetune_quantized, learned rounding): epochs, and
+Adam's rate for the rounding variables. Wrong voxels of the fine stage, 30 epochs at 1e-1
+against 3e-2 (the output kernel's rounding still learned then): bunny 128^3 (runs/b0, 0 in
+float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against 1,826 / 340 / 4; runs/real128's 3DSMaxExport
+(17 in float32) 8 bits 20 and 20, 6 bits 32 and 59, 4 bits 406 and 825; Spider_binary 6 bits
+477 and 536. Bunny 4 bits, 20 epochs at 3e-2 and lambda 1e-4: 3,754; 200 epochs at 1e-2 (lambda
+1e-3): 1,606. 256^3 takes ~3 s an epoch on 2 cores (thingi32_64444)."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
-"""The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each
-fine-tuned, the smallest file kept: weights with fewer bits may cost the residual less than
-they save. On the eight 256^3 seed grids (the default search's models, 5 bits, 10 epochs of
-the straight-through fine-tuning that the learned rounding replaced) +1/+4
-was smallest on four, +0/+3 on three (thingi32_64444 11,712 -> 11,082 bytes, lzma 11,464;
-mgn10_125611516241372_TShirtNoCoat 11,109 -> 10,596; thingi32_73075 14,088 -> 14,074) and
-+0/+4 on thingi32_92763 (14,158 -> 13,671); the lossy default +2/+4 on none, nor +0/+2
-(64444 11,325, 92763 14,911) or +1/+3 (92763 14,379). Part of it is the fine-tuning's draw:
-92763's residual is 1,491 bytes at +0/+4 and 2,247 at +0/+3."""
+"""The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each fine-tuned,
+the smallest file kept: weights with fewer bits may cost the residual less than they save. On
+the eight 256^3 seed grids (the default search's models, 5 bits, 10 epochs of the
+straight-through fine-tuning that the learned rounding replaced) +1/+4 was smallest on four,
++0/+3 on three (thingi32_64444 11,712 -> 11,082 bytes, lzma 11,464;
+mgn10_125611516241372_TShirtNoCoat 11,109 -> 10,596; thingi32_73075 14,088 -> 14,074) and +0/+4
+on thingi32_92763 (14,158 -> 13,671); the lossy default +2/+4 on none, nor +0/+2 (64444 11,325,
+92763 14,911) or +1/+3 (92763 14,379). Part of it is the fine-tuning's draw: 92763's residual
+is 1,491 bytes at +0/+4 and 2,247 at +0/+3. With learned rounding (30 epochs): +1/+4 on four,
++0/+3 on three, +0/+4 on TShirtNoCoat; at 128^3 (runs/real128, 4 bits) +0/+3 on six of seven."""
 QUANTIZER_VERSION = 4
 """The packed format version whose quantizer fine-tuned weights are cached for (versions 5
 and 6 changed how a file stores them, not the weights)."""

@@ -24,8 +24,9 @@ levels, w ~ s sign(q) q^2 (``QuantizedTensor.power`` 2), to keep their heavy-tai
 levels do better than square-law ones at 8 (mgn10_125611510010088_ShirtNoCoat 256^3, planes
 alone quantized: 186 wrong voxels against 725; float32: 166).
 
-The packer, the decoder and the fine-tuning all go through :func:`quantize`, so the weights a
-fine-tuned model was judged with are bit for bit the weights the decoder rebuilds.
+The packer and the decoder go through :func:`quantize`; the fine-tuning rounds at the scales it
+finds (:func:`channel_scales`), and quantizing k-bit values again gives back their levels, so
+the weights a fine-tuned model was judged with are bit for bit the weights the decoder rebuilds.
 
 Fine-tuning (:func:`finetune_quantized`) learns for each weight whether to round it down or up
 (AdaRound) at the plain quantization's scales, with the stage's loss: it needs no change to the
@@ -41,8 +42,9 @@ import tensorflow as tf
 BITS = (8, 6, 5, 4)
 """The bits per weight a packed file can be written with (``vox_tf.pack --bits``). 5 is
 there for lossless files, whose bytes are the weights' plus the residual's:
-mgn10_125611510010088_ShirtNoCoat 256^3 (16,896 params, 10 straight-through fine-tuning epochs each, before the learned rounding),
-lossless 8,426 bytes at 4 bits, 7,826 at 5, 8,559 at 6, 10,760 at 8 (lzma: 9,920)."""
+mgn10_125611510010088_ShirtNoCoat 256^3 (16,896 params, 10 epochs each of the straight-through
+fine-tuning the learned rounding replaced), lossless 8,426 bytes at 4 bits, 7,826 at 5, 8,559
+at 6, 10,760 at 8 (lzma: 9,920)."""
 PLANE_EXTRA_BITS = 4
 """Bits that tri-plane lattices get beyond the file's. Measured with
 bench/quantization_sensitivity.py on mgn10_125611510010088_ShirtNoCoat at 256^3 (a searched
@@ -261,8 +263,9 @@ ROUNDING_STRETCH = (-0.1, 1.1)
 rounding variable reaches a hard 0 or 1 with a finite value and stops moving there."""
 ROUNDING_WEIGHT = 1e-2
 """lambda, the weight of the term that pushes every rounding to 0 or 1 against the mean
-binary cross-entropy. Bunny 128^3, 4 bits, 30 epochs: 1,826 wrong voxels (1e-3 and 200
-epochs: 1,606; the straight-through fine-tuning's best, 200 epochs: 2,394)."""
+binary cross-entropy. Bunny 128^3, 4 bits, 30 epochs at 3e-2 with the output kernel's
+rounding learned: 1,826 wrong voxels (1e-3 and 200 epochs: 1,606; the straight-through
+fine-tuning's best, 200 epochs: 2,394)."""
 ROUNDING_WARMUP = 0.2
 """Share of the steps taken on the loss alone before the push towards 0 or 1 starts."""
 ROUNDING_SHARPNESS = (20.0, 2.0)
@@ -316,7 +319,8 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
     # weights half-rounded moves every logit, so the soft-rounded net the loss sees was far
     # from any hard rounding (mgn10_125611494287978_ShirtNoCoat 256^3, 4 bits: soft 8,565
     # wrong voxels, hard 604,152, plain 43,264; with the kernel fixed, hard 22,008 in 6 epochs).
-    output_kernel = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1].kernel
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    output_kernel = dense[-1].kernel
     roundings = [_Rounding(np.asarray(w), *settings[id(w)], learned=w is not output_kernel)
                  for w in model.trainable_weights]
     learned = [r for r in roundings if r.learned]
