@@ -97,11 +97,15 @@ def weight_bits(model, bits, extra_bits=DEFAULT_EXTRA_BITS):
         >>> weight_bits(build_occupancy_model("16:relu"), 8)  # planes, kernel, bias, output layer
         [12, 10, 8, 8, 8]
     """
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    dense = _dense_layers(model)
     first_kernel = dense[0].kernel if dense else None
     return [bits + extra_bits.planes if len(w.shape) == 4
             else bits + extra_bits.input_layer if w is first_kernel else bits
             for w in model.weights]
+
+
+def _dense_layers(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
 
 def max_level(bits):
@@ -282,9 +286,9 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
     each weight ends at floor(w / s) or floor(w / s) + 1 steps. A rounding variable h in
     [0, 1] per weight replaces the +1 during training, pushed to 0 or 1 by a regularizer
     that grows after ROUNDING_WARMUP; at the end h >= 0.5 rounds up. The output layer's
-    kernel stays rounded to nearest. Keeps whichever
-    rounding (the plain one included) reconstructs ``data``'s grid with the fewest wrong
-    voxels, so it never does worse than quantizing alone.
+    kernel stays rounded to nearest. Keeps whichever rounding (the plain one included)
+    reconstructs ``data``'s grid with the fewest wrong voxels, so it never does worse than
+    quantizing alone.
 
     Measured against the straight-through fine-tuning it replaces (shadow float weights,
     quantized each step; about the same time per epoch), wrong voxels of the fine stage:
@@ -319,8 +323,7 @@ def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=
     # weights half-rounded moves every logit, so the soft-rounded net the loss sees was far
     # from any hard rounding (mgn10_125611494287978_ShirtNoCoat 256^3, 4 bits: soft 8,565
     # wrong voxels, hard 604,152, plain 43,264; with the kernel fixed, hard 22,008 in 6 epochs).
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    output_kernel = dense[-1].kernel
+    output_kernel = _dense_layers(model)[-1].kernel
     roundings = [_Rounding(np.asarray(w), *settings[id(w)], learned=w is not output_kernel)
                  for w in model.trainable_weights]
     learned = [r for r in roundings if r.learned]
