@@ -233,28 +233,36 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
     cached = {(4, default, 4), (8, default, 2), *((4, extra, 4) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
-        f"{bits}bit_{extra.name}_{epochs}ep_rounding_lr{pack.FINETUNE_LR:g}"
-        f"_fine_v{pack.QUANTIZER_VERSION}.npz" for bits, extra, epochs in cached)
+        f"{bits}bit_{extra.name}_{epochs}ep_rounding_lr{pack.FINETUNE_ROUNDING_LR:g}"
+        f"_ste_lr{pack.FINETUNE_WEIGHT_LR:g}_fine_v{pack.QUANTIZER_VERSION}.npz"
+        for bits, extra, epochs in cached)
 
 
-def test_finetuning_only_rounds_each_weight_down_or_up_at_the_plain_scales(run, packed):
+def test_finetuning_rounds_kernels_down_or_up_and_keeps_every_weight_at_the_plain_scales(
+        run, packed):
     run_dir, _, _ = run
     model = vox_tf.load(run_dir)
     # the file holds the tri-plane nodes some voxel reads, quantized at their own scales
     as_packed = packed_model.fine_weights_as_packed(model)
     tuned = vox_tf.load(packed["4"]).fine.get_weights()
-    moved = 0
-    for weights, decoded, bits in zip(as_packed, tuned, quantization.weight_bits(model.fine, 4)):
+    kernels = [layer.kernel for layer in quantization.dense_layers(model.fine)]
+    rounded = moved = 0
+    for variable, weights, decoded, bits in zip(model.fine.weights, as_packed, tuned,
+                                                quantization.weight_bits(model.fine, 4)):
         plain = quantization.quantize(weights, bits)
-        stored = quantization.quantize(decoded, bits)
-        assert np.array_equal(stored.scales, plain.scales)
         scales = plain.scales if weights.ndim > 1 else plain.scales[0]
-        down = np.floor(weights / scales)
         top = quantization.max_level(bits)
-        assert np.all((stored.levels == np.clip(down, -top, top))
-                      | (stored.levels == np.clip(down + 1, -top, top)))
-        moved += int((stored.levels != plain.levels).sum())
-    assert moved > 0  # and not to the nearest level everywhere
+        levels = np.rint(decoded / scales)
+        assert np.allclose(decoded, levels * scales, rtol=1e-6) and np.abs(levels).max() <= top
+        if any(variable is kernel for kernel in kernels):
+            down = np.floor(weights / scales)
+            assert np.all((levels == np.clip(down, -top, top))
+                          | (levels == np.clip(down + 1, -top, top)))
+            rounded += int((levels != plain.levels).sum())
+        elif weights.ndim == 4:  # tri-planes: read nodes trained, any number of levels
+            moved += int((np.abs(levels - plain.levels) > 1).sum())
+    assert rounded > 0  # and not to the nearest level everywhere
+    assert moved > 0
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):

@@ -4,7 +4,8 @@
 
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
-(vox_tf.quantization), its rounding fine-tuned (learned up or down per weight) for
+(vox_tf.quantization), fine-tuned (vox_tf.quantized_finetuning: the Dense kernels' rounding
+learned up or down per weight, tri-planes and biases trained at their levels) for
 --finetune-epochs (default 30; none for a run without its voxels), and written with
 vox_tf.packed_model beside the coarse net's occupancy grid; --lossless adds the voxels the file
 still gets wrong (vox_tf.lossless) so it decodes to exactly the input grid. The ground truth is
@@ -12,7 +13,7 @@ the run's voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory once it finishes::
 
-    quantized/<bits>bit_x<a>p<b>_<epochs>ep_rounding_lr<learning rate>_fine_v<quantizer>.npz
+    quantized/<bits>bit_x<a>p<b>_<epochs>ep_rounding_lr<rate>_ste_lr<rate>_fine_v<quantizer>.npz
 
 (a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
 ExtraBits), so packing again (say with --lossless) reuses it. The quantizer's version and the
@@ -35,16 +36,22 @@ from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import METADATA_FILE, HierarchicalReconstructor
 from vox_tf.metrics import grid_metrics
-from vox_tf.quantization import BITS, DEFAULT_EXTRA_BITS, ExtraBits, finetune_quantized
+from vox_tf.quantization import BITS, DEFAULT_EXTRA_BITS, ExtraBits
+from vox_tf.quantized_finetuning import finetune_quantized
 from vox_tf.run_layout import CONFIG_FILE, MODEL_DIR, RUN_FILE
 
 VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
-FINETUNE_LR = 1e-1
-"""Fine-tuning defaults (vox_tf.quantization.finetune_quantized, learned rounding): epochs, and
-Adam's rate for the rounding variables. Wrong voxels of the fine stage, 30 epochs at 1e-1
+FINETUNE_ROUNDING_LR = 1e-1
+FINETUNE_WEIGHT_LR = 1e-3
+"""Fine-tuning defaults (vox_tf.quantized_finetuning.finetune_quantized): epochs, Adam's rate
+for the Dense kernels' rounding variables and for the tri-planes and biases. The weights'
+rate,
+wrong voxels of the fine stage after 30 epochs, 4 / 5 / 6 bits: teapot 128^3 1e-3 150 / 0 / 0,
+3e-3 162 / 6 / 3, 3e-4 190 / 1 / 0; bunny 128^3 4 bits 1e-3 1,808, 1e-2 2,105, 1e-4 2,289.
+The rounding's rate (before the tri-planes and biases were trained), wrong voxels of the fine stage, 30 epochs at 1e-1
 against 3e-2 (the output kernel's rounding still learned then): bunny 128^3 (runs/b0, 0 in
 float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against 1,826 / 340 / 4; runs/real128's 3DSMaxExport
 (17 in float32) 8 bits 20 and 20, 6 bits 32 and 59, 4 bits 406 and 825; Spider_binary 6 bits
@@ -121,7 +128,8 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS):
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
           file=sys.stderr)
     finetune_quantized(reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config),
-                       bits, epochs, FINETUNE_LR, extra_bits=extra_bits,
+                       bits, epochs, FINETUNE_ROUNDING_LR, FINETUNE_WEIGHT_LR,
+                       extra_bits=extra_bits,
                        scale_weights=packed_model.fine_weights_as_packed(reconstructor))
     with atomic_output(cache) as tmp:
         np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})
@@ -133,10 +141,10 @@ def finetune_cache_name(bits, extra_bits, epochs):
 
     Example:
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
-        '8bit_x2p4_30ep_rounding_lr0.1_fine_v4.npz'
+        '8bit_x2p4_30ep_rounding_lr0.1_ste_lr0.001_fine_v4.npz'
     """
-    return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_LR:g}"
-            f"_fine_v{QUANTIZER_VERSION}.npz")
+    return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
+            f"_ste_lr{FINETUNE_WEIGHT_LR:g}_fine_v{QUANTIZER_VERSION}.npz")
 
 
 def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_path=None):

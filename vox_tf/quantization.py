@@ -24,20 +24,16 @@ levels, w ~ s sign(q) q^2 (``QuantizedTensor.power`` 2), to keep their heavy-tai
 levels do better than square-law ones at 8 (mgn10_125611510010088_ShirtNoCoat 256^3, planes
 alone quantized: 186 wrong voxels against 725; float32: 166).
 
-The packer and the decoder go through :func:`quantize`; the fine-tuning rounds at the scales it
-finds (:func:`channel_scales`), and quantizing k-bit values again gives back their levels, so
-the weights a fine-tuned model was judged with are bit for bit the weights the decoder rebuilds.
-
-Fine-tuning (:func:`finetune_quantized`) learns for each weight whether to round it down or up
-(AdaRound) at the plain quantization's scales, with the stage's loss: it needs no change to the
-Keras models, whose layers stay the plain ones the decoder builds.
+The packer and the decoder go through :func:`quantize`; the fine-tuning
+(vox_tf.quantized_finetuning) rounds at the scales it finds (:func:`channel_scales`), and
+quantizing k-bit values again gives back their levels, so the weights a fine-tuned model was
+judged with are bit for bit the weights the decoder rebuilds.
 """
 
 from dataclasses import dataclass
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 BITS = (8, 6, 5, 4)
 """The bits per weight a packed file can be written with (``vox_tf.pack --bits``). 5 is
@@ -97,14 +93,15 @@ def weight_bits(model, bits, extra_bits=DEFAULT_EXTRA_BITS):
         >>> weight_bits(build_occupancy_model("16:relu"), 8)  # planes, kernel, bias, output layer
         [12, 10, 8, 8, 8]
     """
-    dense = _dense_layers(model)
+    dense = dense_layers(model)
     first_kernel = dense[0].kernel if dense else None
     return [bits + extra_bits.planes if len(w.shape) == 4
             else bits + extra_bits.input_layer if w is first_kernel else bits
             for w in model.weights]
 
 
-def _dense_layers(model):
+def dense_layers(model):
+    """The keras.layers.Dense of ``model``, input side first."""
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
 
@@ -182,7 +179,7 @@ CLIP_RATIOS = np.linspace(0.4, 1.0, 13)
 EXACT_STEPS = SCALE_STEPS_PER_OCTAVE
 """Coarser scales tried too, but taken only when they reproduce the channel exactly: levels
 whose largest is below Q (down to half of it) find their own scale again. The learned rounding
-(:func:`finetune_quantized`) can take a channel's largest weight down a level or more."""
+(vox_tf.quantized_finetuning) can take a channel's largest weight down a level or more."""
 
 
 def scale_exponents(scales):
@@ -260,154 +257,3 @@ def quantize_model(model, bits, extra_bits=DEFAULT_EXTRA_BITS):
     :func:`weight_bits` in a file of ``bits``."""
     return [quantize(np.asarray(w), b)
             for w, b in zip(model.weights, weight_bits(model, bits, extra_bits))]
-
-
-ROUNDING_STRETCH = (-0.1, 1.1)
-"""AdaRound's rectified sigmoid spans this interval before clipping to [0, 1], so that a
-rounding variable reaches a hard 0 or 1 with a finite value and stops moving there."""
-ROUNDING_WEIGHT = 1e-2
-"""lambda, the weight of the term that pushes every rounding to 0 or 1 against the mean
-binary cross-entropy. Bunny 128^3, 4 bits, 30 epochs at 3e-2 with the output kernel's
-rounding learned: 1,826 wrong voxels (1e-3 and 200 epochs: 1,606; the straight-through
-fine-tuning's best, 200 epochs: 2,394)."""
-ROUNDING_WARMUP = 0.2
-"""Share of the steps taken on the loss alone before the push towards 0 or 1 starts."""
-ROUNDING_SHARPNESS = (20.0, 2.0)
-"""The push's exponent beta, lowered linearly after the warm-up: at 20 only roundings near
-0.5 feel it, at 2 all do."""
-
-
-def finetune_quantized(model, data, bits, epochs, learning_rate, evaluate_every=None,
-                       extra_bits=DEFAULT_EXTRA_BITS, scale_weights=None):
-    """Learns, weight by weight, whether to round down or up (AdaRound, Nagel et al. 2020,
-    with the stage's own loss); leaves ``model`` holding the k-bit weights.
-
-    The scales are the plain quantization's (:func:`channel_scales` of the float32 weights);
-    each weight ends at floor(w / s) or floor(w / s) + 1 steps. A rounding variable h in
-    [0, 1] per weight replaces the +1 during training, pushed to 0 or 1 by a regularizer
-    that grows after ROUNDING_WARMUP; at the end h >= 0.5 rounds up. The output layer's
-    kernel stays rounded to nearest. Keeps whichever rounding (the plain one included)
-    reconstructs ``data``'s grid with the fewest wrong voxels, so it never does worse than
-    quantizing alone.
-
-    Measured against the straight-through fine-tuning it replaces (shadow float weights,
-    quantized each step; about the same time per epoch), wrong voxels of the fine stage:
-    bunny 128^3 4 / 6 bits 2,914 / 44 (10 epochs) -> 1,585 / 6 (30 epochs); 3DSMaxExport
-    128^3 6 bits 43 -> 35. Before the output kernel was kept, at 3e-2: thingi32_64444 256^3
-    8 bits 17 -> 3 (float32 6), 6 bits 1,573 -> 947.
-
-    Args:
-        model: a trained keras.Model of vox_tf.models.
-        data: vox_tf.stage_training.StageData of its stage (dataset, target, mask).
-        bits: one of BITS.
-        epochs: passes over data.dataset (0: plain quantization).
-        learning_rate: Adam's, for the rounding variables.
-        evaluate_every: epochs between grid evaluations (default: every epoch).
-        extra_bits: ExtraBits of the first Dense kernel and the planes (:func:`weight_bits`).
-        scale_weights: float32 arrays in ``model.weights`` order whose scales to round at
-            (default: the model's own). The packer stores the tri-planes without the nodes no
-            voxel reads (vox_tf.packed_model.fine_weights_as_packed), which can give a channel
-            another scale: passing those keeps the file's levels the ones judged here.
-    Returns:
-        dict: wrong_voxels of the plain and of the kept quantization, and the epoch kept.
-
-    Example:
-        >>> finetune_quantized(fine, fine_stage_data(voxels, coarse, config), 4, 30, 1e-1)
-        {'wrong_voxels_plain': 5261, 'wrong_voxels': 1585, 'epoch': 27}
-    """
-    if scale_weights is None:
-        scale_weights = [np.asarray(w) for w in model.weights]
-    settings = {id(w): (b, scaled) for w, b, scaled
-                in zip(model.weights, weight_bits(model, bits, extra_bits), scale_weights)}
-    # The output kernel keeps rounding to nearest and the rest learn around it: one of its
-    # weights half-rounded moves every logit, so the soft-rounded net the loss sees was far
-    # from any hard rounding (mgn10_125611494287978_ShirtNoCoat 256^3, 4 bits: soft 8,565
-    # wrong voxels, hard 604,152, plain 43,264; with the kernel fixed, hard 22,008 in 6 epochs).
-    output_kernel = _dense_layers(model)[-1].kernel
-    roundings = [_Rounding(np.asarray(w), *settings[id(w)], learned=w is not output_kernel)
-                 for w in model.trainable_weights]
-    learned = [r for r in roundings if r.learned]
-
-    def judge():
-        # h starts where rounding to nearest puts it, so the first judgement is the plain file
-        for variable, rounding in zip(model.trainable_weights, roundings):
-            variable.assign(rounding.weights(hard=True))
-        return data.evaluate(model, with_chamfer=False)["wrong_voxels"]
-
-    best_wrong = plain_wrong = judge()
-    best, best_epoch = model.get_weights(), 0
-    steps = int(data.dataset.cardinality()) * epochs
-    warmup = int(ROUNDING_WARMUP * steps)
-    optimizer = keras.optimizers.Adam(learning_rate)
-    loss_fn = keras.losses.BinaryCrossentropy()
-    variables = [r.variable for r in learned]
-    push = tf.Variable(0.0, trainable=False)
-    sharpness = tf.Variable(ROUNDING_SHARPNESS[0], trainable=False)
-
-    @tf.function
-    def step(points, labels):
-        # The model's layers stay the plain ones the decoder builds: its variables are set to
-        # the soft-rounded weights, and the loss gradient there is carried back to h by hand.
-        with tf.GradientTape(persistent=True) as outer:
-            weights = [r.weights() for r in roundings]
-            with tf.GradientTape() as inner:
-                for variable, value in zip(model.trainable_weights, weights):
-                    variable.assign(value)
-                loss = loss_fn(labels, model(points, training=True))
-            gradients = inner.gradient(loss, model.trainable_weights)
-            regularizer = tf.add_n([r.undecided(sharpness) for r in learned])
-        total = outer.gradient(weights, variables, output_gradients=gradients)
-        pushed = outer.gradient(regularizer, variables)
-        optimizer.apply([g + push * ROUNDING_WEIGHT * p for g, p in zip(total, pushed)],
-                        variables)
-        return loss
-
-    every = evaluate_every or 1
-    done = 0
-    for epoch in range(1, epochs + 1):
-        for points, labels in data.dataset:
-            progress = max(0.0, (done - warmup) / max(steps - warmup, 1))
-            push.assign(float(done >= warmup))
-            sharpness.assign(ROUNDING_SHARPNESS[0]
-                             + progress * (ROUNDING_SHARPNESS[1] - ROUNDING_SHARPNESS[0]))
-            step(points, labels)
-            done += 1
-        if epoch % every and epoch != epochs:
-            continue
-        wrong = judge()
-        if wrong < best_wrong:
-            best_wrong, best, best_epoch = wrong, model.get_weights(), epoch
-    model.set_weights(best)
-    return {"wrong_voxels_plain": int(plain_wrong), "wrong_voxels": int(best_wrong),
-            "epoch": best_epoch}
-
-
-class _Rounding:
-    """One weight's learned rounding at the plain quantization's scales of ``scale_weights``."""
-
-    def __init__(self, weights, bits, scale_weights, learned=True):
-        scales = channel_scales(scale_weights, bits)
-        ratio = weights / (scales if weights.ndim > 1 else scales[0])
-        down = np.floor(ratio)
-        low, high = ROUNDING_STRETCH
-        # h starts at the fraction rounding to nearest would weigh: sigmoid(v) = (f - low) / span
-        fraction = np.clip((ratio - down - low) / (high - low), 1e-6, 1 - 1e-6)
-        self.down = tf.constant(down, tf.float32)
-        self.scales = tf.constant(scales if weights.ndim > 1 else scales[0], tf.float32)
-        self.top = float(max_level(bits))
-        self.variable = tf.Variable(np.log(fraction / (1 - fraction)).astype(np.float32),
-                                    trainable=learned)
-        self.learned = learned
-
-    def up(self):
-        """h in [0, 1]: how far each weight is rounded up."""
-        low, high = ROUNDING_STRETCH
-        return tf.clip_by_value(tf.sigmoid(self.variable) * (high - low) + low, 0.0, 1.0)
-
-    def weights(self, hard=False):
-        up = tf.cast(self.variable >= 0, tf.float32) if hard or not self.learned else self.up()
-        return tf.clip_by_value(self.down + up, -self.top, self.top) * self.scales
-
-    def undecided(self, sharpness):
-        """AdaRound's regularizer: 0 where every h is 0 or 1."""
-        return tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * self.up() - 1.0), sharpness))
