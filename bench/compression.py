@@ -104,7 +104,7 @@ def main(argv=None):
                         help="voxel .npz files or directories of them")
     parser.add_argument("--runs", type=Path, help="directory of trained runs, one per grid name")
     parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
-                        help=f"rounding fine-tuning epochs of the fine net (default "
+                        help=f"quantization-aware fine-tuning epochs of the fine net (default "
                              f"{FINETUNE_EPOCHS}, as vox_tf.pack)")
     parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
                         help="bits of the lossy files packed (none: lossless files only)")
