@@ -48,11 +48,10 @@ FINETUNE_ROUNDING_LR = 1e-1
 FINETUNE_WEIGHT_LR = 1e-3
 """Fine-tuning defaults (vox_tf.quantized_finetuning.finetune_quantized): epochs, Adam's rate
 for the Dense kernels' rounding variables and for the tri-planes and biases. The weights'
-rate,
-wrong voxels of the fine stage after 30 epochs, 4 / 5 / 6 bits: teapot 128^3 1e-3 150 / 0 / 0,
-3e-3 162 / 6 / 3, 3e-4 190 / 1 / 0; bunny 128^3 4 bits 1e-3 1,808, 1e-2 2,105, 1e-4 2,289.
-The rounding's rate (before the tri-planes and biases were trained), wrong voxels of the fine stage, 30 epochs at 1e-1
-against 3e-2 (the output kernel's rounding still learned then): bunny 128^3 (runs/b0, 0 in
+rate, wrong voxels of the fine stage after 30 epochs, 4 / 5 / 6 bits: teapot 128^3 1e-3
+150 / 0 / 0, 3e-3 162 / 6 / 3, 3e-4 190 / 1 / 0; bunny 128^3 4 bits 1e-3 1,808, 1e-2 2,105,
+1e-4 2,289. The rounding's rate (before the tri-planes and biases were trained), 30 epochs at
+1e-1 against 3e-2 (the output kernel's rounding still learned then): bunny 128^3 (runs/b0, 0 in
 float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against 1,826 / 340 / 4; runs/real128's 3DSMaxExport
 (17 in float32) 8 bits 20 and 20, 6 bits 32 and 59, 4 bits 406 and 825; Spider_binary 6 bits
 477 and 536. Bunny 4 bits, 20 epochs at 3e-2 and lambda 1e-4: 3,754; 200 epochs at 1e-2 (lambda
