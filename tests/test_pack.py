@@ -4,7 +4,6 @@ One tiny model is trained once for the module; every pack is decoded from disk a
 against the grid it was trained on.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -17,9 +16,8 @@ import pytest
 from scipy import ndimage
 
 import vox_tf
-from vox_tf import (grid_coding, lossless, pack, packed_model, quantization, quantized_finetuning,
-                    stage_training, train, train_config, weight_coding)
-from vox_tf.error_focus import ErrorFocus
+from vox_tf import (grid_coding, lossless, pack, packed_model, quantization, train, train_config,
+                    weight_coding)
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.metrics import iou
 
@@ -265,20 +263,6 @@ def test_finetuning_rounds_kernels_down_or_up_and_keeps_every_weight_at_the_plai
             moved += int((np.abs(levels - plain.levels) > 1).sum())
     assert rounded > 0  # and not to the nearest level everywhere
     assert moved > 0
-
-
-def test_finetuning_aims_the_error_focus_at_the_quantized_nets_wrong_voxels(run):
-    run_dir, _, voxels = run
-    model = vox_tf.load(run_dir)
-    config = dataclasses.replace(train_config.TrainConfig(**json.loads(
-        (run_dir / "config.json").read_text())["config"]), focus=0.5)
-    data = stage_training.fine_stage_data(voxels, model.coarse, config)
-    # 0 epochs: the one grid evaluation is of the plainly quantized net, which the model keeps
-    quantized_finetuning.finetune_quantized(model.fine, data, 4, 0, 1e-1, 1e-3)
-    expected = ErrorFocus(0.5, data.target, data.mask)
-    assert expected.update(data.reconstruct(model.fine)) > 0
-    assert bool(data.focus.active)
-    assert np.array_equal(data.focus.voxels.numpy(), expected.voxels.numpy())
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):

@@ -67,11 +67,9 @@ on thingi32_92763 (14,158 -> 13,671); the lossy default +2/+4 on none, nor +0/+2
 92763 14,911) or +1/+3 (92763 14,379). Part of it is the fine-tuning's draw: 92763's residual
 is 1,491 bytes at +0/+4 and 2,247 at +0/+3. With learned rounding (30 epochs): +1/+4 on four,
 +0/+3 on three, +0/+4 on TShirtNoCoat; at 128^3 (runs/real128, 4 bits) +0/+3 on six of seven."""
-QUANTIZER_VERSION = 5
-"""Version of the quantizer and fine-tuning whose weights RUN_DIR/quantized/ caches, so that a
-change never reads weights tuned the old way: 4, the packed format version that last changed
-the quantizer (5 and 6 changed how a file stores the weights); 5, the fine-tuning re-aims the
-run's error focus."""
+QUANTIZER_VERSION = 4
+"""The packed format version whose quantizer fine-tuned weights are cached for (versions 5
+and 6 changed how a file stores them, not the weights)."""
 
 
 def model_dir(run_dir):
@@ -142,7 +140,7 @@ def finetune_cache_name(bits, extra_bits, epochs):
 
     Example:
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
-        '8bit_x2p4_30ep_rounding_lr0.1_ste_lr0.001_fine_v5.npz'
+        '8bit_x2p4_30ep_rounding_lr0.1_ste_lr0.001_fine_v4.npz'
     """
     return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
             f"_ste_lr{FINETUNE_WEIGHT_LR:g}_fine_v{QUANTIZER_VERSION}.npz")

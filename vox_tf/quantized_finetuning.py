@@ -47,10 +47,7 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
     stays rounded to nearest. The tri-plane lattices and the biases are trained as floats,
     rounded to their nearest level in the forward pass. Keeps whichever weights (the plain
     quantization's included) reconstruct ``data``'s grid with the fewest wrong voxels, so it
-    never does worse than quantizing alone. Where the stage has an error focus (the run's
-    ``focus``), each grid evaluation re-aims it at the quantized net's wrong voxels, as in
-    training (mgn10_125611510010088_ShirtNoCoat 256^3, 4 bits, 30 epochs: 1,387 wrong voxels
-    against 1,429 without; mgn10_125611494287978_ShirtNoCoat 11,419 against 11,965).
+    never does worse than quantizing alone.
 
     Args:
         model: a trained keras.Model of vox_tf.models.
@@ -92,11 +89,7 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
         # h starts where rounding to nearest puts it, so the first judgement is the plain file
         for variable, weight in zip(model.trainable_weights, quantized):
             variable.assign(weight.weights(hard=True))
-        prediction, metrics = data.judge(model, with_chamfer=False)
-        if data.focus is not None:
-            # aimed at the quantized net's wrong voxels: the float32 one's were none or others
-            data.focus.update(prediction)
-        return metrics["wrong_voxels"]
+        return data.evaluate(model, with_chamfer=False)["wrong_voxels"]
 
     best_wrong = plain_wrong = judge()
     best, best_epoch = model.get_weights(), 0
