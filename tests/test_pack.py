@@ -233,9 +233,7 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
     cached = {(4, default, 4), (8, default, 2), *((4, extra, 4) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
-        f"{bits}bit_{extra.name}_{epochs}ep_rounding_lr{pack.FINETUNE_ROUNDING_LR:g}"
-        f"_ste_lr{pack.FINETUNE_WEIGHT_LR:g}_fine_v{pack.QUANTIZER_VERSION}.npz"
-        for bits, extra, epochs in cached)
+        pack.finetune_cache_name(bits, extra, epochs) for bits, extra, epochs in cached)
 
 
 def test_finetuning_rounds_kernels_down_or_up_and_keeps_every_weight_at_the_plain_scales(

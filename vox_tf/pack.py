@@ -45,17 +45,23 @@ VOXELS_FILE = "voxels.npz"
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
 FINETUNE_ROUNDING_LR = 1e-1
-FINETUNE_WEIGHT_LR = 1e-3
+FINETUNE_WEIGHT_LR = {8: 1e-4, 6: 1e-3, 5: 1e-3, 4: 1e-3}
 """Fine-tuning defaults (vox_tf.quantized_finetuning.finetune_quantized): epochs, Adam's rate
-for the Dense kernels' rounding variables and for the tri-planes and biases. The weights'
-rate, wrong voxels of the fine stage after 30 epochs, 4 / 5 / 6 bits: teapot 128^3 1e-3
-150 / 0 / 0, 3e-3 162 / 6 / 3, 3e-4 190 / 1 / 0; bunny 128^3 4 bits 1e-3 1,808, 1e-2 2,105,
-1e-4 2,289. The rounding's rate (before the tri-planes and biases were trained), 30 epochs at
-1e-1 against 3e-2 (the output kernel's rounding still learned then): bunny 128^3 (runs/b0, 0 in
-float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against 1,826 / 340 / 4; runs/real128's 3DSMaxExport
-(17 in float32) 8 bits 20 and 20, 6 bits 32 and 59, 4 bits 406 and 825; Spider_binary 6 bits
-477 and 536. Bunny 4 bits, 20 epochs at 3e-2 and lambda 1e-4: 3,754; 200 epochs at 1e-2 (lambda
-1e-3): 1,606. 256^3 takes ~3 s an epoch on 2 cores (thingi32_64444)."""
+for the Dense kernels' rounding variables and, per file bits, for the tri-planes and biases.
+At 8 bits a level of the tri-planes (12 bits) is a sixteenth of one at 4 and 1e-3 moves them
+by whole levels a step: wrong voxels after 30 epochs at 1e-4 against 1e-3,
+mgn10_125611504997669_LongCoat 256^3 (8 in float32, 386 plainly quantized) 4 against 39
+(3e-4: 4); mgn10_125611516241372_TShirtNoCoat 0 against 1; 128^3 (runs/real128) bunny 0 and
+0, 3DSMaxExport 95 and 96, Spider_binary 411 and 404 (float32 ~450). At fewer bits 1e-3 holds:
+wrong voxels after 30 epochs, 4 / 5 / 6 bits: teapot 128^3 1e-3 150 / 0 / 0, 3e-3 162 / 6 / 3,
+3e-4 190 / 1 / 0; bunny 128^3 4 bits 1e-3 1,808, 1e-2 2,105, 1e-4 2,289; LongCoat 6 bits 1e-3
+1,571, 3e-4 1,566, 1e-4 1,508 (6,549 plain). The rounding's rate (before the tri-planes and
+biases were trained), 30 epochs at 1e-1 against 3e-2 (the output kernel's rounding still
+learned then): bunny 128^3 (runs/b0, 0 in float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against
+1,826 / 340 / 4; runs/real128's 3DSMaxExport (17 in float32) 8 bits 20 and 20, 6 bits 32 and
+59, 4 bits 406 and 825; Spider_binary 6 bits 477 and 536. Bunny 4 bits, 20 epochs at 3e-2 and
+lambda 1e-4: 3,754; 200 epochs at 1e-2 (lambda 1e-3): 1,606. 256^3 takes ~3 s an epoch on 2
+cores (thingi32_64444)."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each fine-tuned,
 the smallest file kept: weights with fewer bits may cost the residual less than they save. On
@@ -127,7 +133,7 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS):
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
           file=sys.stderr)
     finetune_quantized(reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config),
-                       bits, epochs, FINETUNE_ROUNDING_LR, FINETUNE_WEIGHT_LR,
+                       bits, epochs, FINETUNE_ROUNDING_LR, FINETUNE_WEIGHT_LR[bits],
                        extra_bits=extra_bits,
                        scale_weights=packed_model.fine_weights_as_packed(reconstructor))
     with atomic_output(cache) as tmp:
@@ -140,10 +146,10 @@ def finetune_cache_name(bits, extra_bits, epochs):
 
     Example:
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
-        '8bit_x2p4_30ep_rounding_lr0.1_ste_lr0.001_fine_v4.npz'
+        '8bit_x2p4_30ep_rounding_lr0.1_ste_lr0.0001_fine_v4.npz'
     """
     return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
-            f"_ste_lr{FINETUNE_WEIGHT_LR:g}_fine_v{QUANTIZER_VERSION}.npz")
+            f"_ste_lr{FINETUNE_WEIGHT_LR[bits]:g}_fine_v{QUANTIZER_VERSION}.npz")
 
 
 def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_path=None):
