@@ -6,6 +6,7 @@ against the grid it was trained on.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,12 +223,18 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     # 4 epochs take this model from 99.53 % to 99.986 % (float32: 100 %): the fine-tuning
     # must at least halve what quantizing alone loses
     assert 1 - tuned <= (1 - plain) / 2, (plain, tuned, results["iou"])
-    assert "fine-tuning" in packed["4 stderr"]
+    assert "4-bit fine-tuning (first layer" in packed["4 stderr"]
+    # every fine-tuning says what it kept, never more wrong voxels than rounding to nearest
+    for stderr in (packed["4 stderr"], packed["8 stderr"], packed["4-lossless stderr"]):
+        started = stderr.count("-bit fine-tuning (first layer")
+        kept = re.findall(r"kept epoch (\d+): ([\d,]+) wrong voxels \(([\d,]+) plainly", stderr)
+        assert len(kept) + stderr.count("beat the plain quantization") == started
+        assert all(int(k.replace(",", "")) <= int(p.replace(",", "")) for _, k, p in kept)
     # the lossless pack at the same settings reused the lossy file's fine-tuned weights
     # where it could, and tuned once for each other width
     default = quantization.DEFAULT_EXTRA_BITS
     tuned_again = [extra for extra in pack.LOSSLESS_EXTRA_BITS if extra != default]
-    assert packed["4-lossless stderr"].count("fine-tuning") == len(tuned_again)
+    assert packed["4-lossless stderr"].count("fine-tuning (first") == len(tuned_again)
     for extra in tuned_again:
         assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
