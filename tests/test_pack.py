@@ -229,6 +229,7 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
         started = stderr.count("-bit fine-tuning (first layer")
         kept = re.findall(r"kept epoch (\d+): ([\d,]+) wrong voxels \(([\d,]+) plainly", stderr)
         assert len(kept) + stderr.count("beat the plain quantization") == started
+        assert stderr.count("-bit fine-tuning: 100%") >= started  # each showed its progress
         assert all(int(k.replace(",", "")) <= int(p.replace(",", "")) for _, k, p in kept)
     # the lossless pack at the same settings reused the lossy file's fine-tuned weights
     # where it could, and tuned once for each other width

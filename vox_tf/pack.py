@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from vox_tf import lossless, packed_model
+from vox_tf.console import progress_bar
 from vox_tf.errors import MeshError
 from vox_tf.files import atomic_output
 from vox_tf.grid import VoxelGrid
@@ -132,10 +133,11 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS):
     print(f"fine stage: {epochs} epochs of {bits}-bit fine-tuning (first layer "
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
           file=sys.stderr)
-    outcome = finetune_quantized(
-        reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config), bits, epochs,
-        FINETUNE_ROUNDING_LR, FINETUNE_WEIGHT_LR[bits], extra_bits=extra_bits,
-        scale_weights=packed_model.fine_weights_as_packed(reconstructor))
+    with progress_bar(1, epochs, f"{bits}-bit fine-tuning", "epoch") as bar:
+        outcome = finetune_quantized(
+            reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config), bits,
+            epochs, FINETUNE_ROUNDING_LR, FINETUNE_WEIGHT_LR[bits], extra_bits=extra_bits,
+            scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar)
     print(finetune_outcome(outcome, bits), file=sys.stderr)
     with atomic_output(cache) as tmp:
         np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})

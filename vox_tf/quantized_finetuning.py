@@ -37,7 +37,8 @@ ROUNDING_SHARPNESS = (20.0, 2.0)
 
 
 def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
-                       evaluate_every=None, extra_bits=DEFAULT_EXTRA_BITS, scale_weights=None):
+                       evaluate_every=None, extra_bits=DEFAULT_EXTRA_BITS, scale_weights=None,
+                       bar=None):
     """Fine-tunes ``model``'s k-bit weights with the stage's loss; leaves ``model`` holding them.
 
     The scales are the plain quantization's (:func:`channel_scales` of the float32 weights).
@@ -62,6 +63,8 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
             (default: the model's own). The packer stores the tri-planes without the nodes no
             voxel reads (vox_tf.packed_model.fine_weights_as_packed), which can give a channel
             another scale: passing those keeps the file's levels the ones judged here.
+        bar: a bar of vox_tf.console.progress_bar over ``epochs``, advanced each epoch
+            with the fewest wrong voxels so far (default: none).
     Returns:
         dict: wrong_voxels of the plain and of the kept quantization, and the epoch kept.
 
@@ -133,11 +136,13 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
                              + progress * (ROUNDING_SHARPNESS[1] - ROUNDING_SHARPNESS[0]))
             step(points, labels)
             done += 1
-        if epoch % every and epoch != epochs:
-            continue
-        wrong = judge()
-        if wrong < best_wrong:
-            best_wrong, best, best_epoch = wrong, model.get_weights(), epoch
+        if not (epoch % every and epoch != epochs):
+            wrong = judge()
+            if wrong < best_wrong:
+                best_wrong, best, best_epoch = wrong, model.get_weights(), epoch
+        if bar is not None:
+            bar.set_postfix({"best wrong voxels": best_wrong}, refresh=False)
+            bar.update(1)
     model.set_weights(best)
     return {"wrong_voxels_plain": int(plain_wrong), "wrong_voxels": int(best_wrong),
             "epoch": best_epoch}
