@@ -136,7 +136,7 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
                              + progress * (ROUNDING_SHARPNESS[1] - ROUNDING_SHARPNESS[0]))
             step(points, labels)
             done += 1
-        if not (epoch % every and epoch != epochs):
+        if epoch % every == 0 or epoch == epochs:
             wrong = judge()
             if wrong < best_wrong:
                 best_wrong, best, best_epoch = wrong, model.get_weights(), epoch
