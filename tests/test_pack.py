@@ -244,31 +244,35 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
         pack.finetune_cache_name(bits, extra, epochs) for bits, extra, epochs in cached)
 
 
-def test_finetuning_rounds_kernels_down_or_up_and_keeps_every_weight_at_the_plain_scales(
-        run, packed):
-    run_dir, _, _ = run
+def test_finetuning_rounds_kernels_at_the_plain_scales_and_learns_the_others(run, packed):
+    run_dir, _, voxels = run
     model = vox_tf.load(run_dir)
     # the file holds the tri-plane nodes some voxel reads, quantized at their own scales
     as_packed = packed_model.fine_weights_as_packed(model)
-    tuned = vox_tf.load(packed["4"]).fine.get_weights()
+    tuned = vox_tf.load(packed["4"])
     kernels = [layer.kernel for layer in quantization.dense_layers(model.fine)]
-    rounded = moved = 0
-    for variable, weights, decoded, bits in zip(model.fine.weights, as_packed, tuned,
+    rounded = rescaled = 0
+    for variable, weights, decoded, bits in zip(model.fine.weights, as_packed,
+                                                tuned.fine.get_weights(),
                                                 quantization.weight_bits(model.fine, 4)):
         plain = quantization.quantize(weights, bits)
-        scales = plain.scales if weights.ndim > 1 else plain.scales[0]
-        top = quantization.max_level(bits)
-        levels = np.rint(decoded / scales)
-        assert np.allclose(decoded, levels * scales, rtol=1e-6) and np.abs(levels).max() <= top
         if any(variable is kernel for kernel in kernels):
+            scales = plain.scales if weights.ndim > 1 else plain.scales[0]
+            top = quantization.max_level(bits)
+            levels = np.rint(decoded / scales)
+            assert np.allclose(decoded, levels * scales, rtol=1e-6) and np.abs(levels).max() <= top
             down = np.floor(weights / scales)
             assert np.all((levels == np.clip(down, -top, top))
                           | (levels == np.clip(down + 1, -top, top)))
             rounded += int((levels != plain.levels).sum())
-        elif weights.ndim == 4:  # tri-planes: read nodes trained, any number of levels
-            moved += int((np.abs(levels - plain.levels) > 1).sum())
+        else:  # tri-planes and biases: at scales of their own, which the file keeps
+            rescaled += int(np.sum(quantization.quantize(decoded, bits).scales != plain.scales))
     assert rounded > 0  # and not to the nearest level everywhere
-    assert moved > 0
+    assert rescaled > 0
+    # the file holds exactly the weights the fine-tuning judged
+    kept = re.search(r"kept epoch \d+: ([\d,]+) wrong voxels", packed["4 stderr"])
+    assert int(kept.group(1).replace(",", "")) == pack.decoded_figures(
+        packed["4"], voxels)["wrong_voxels"]
 
 
 def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):

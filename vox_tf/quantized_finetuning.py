@@ -4,9 +4,11 @@ The Dense kernels learn, weight by weight, whether to round down or up (AdaRound
 2020, with the stage's own loss instead of a layer-wise one); the tri-plane lattices and the
 biases, which the file stores at their own scales and few of whose values are many bytes, are
 trained as floats with their rounding to nearest in the forward pass (straight-through
-gradients) and can move by any number of levels. Both round at the plain quantization's scales
-(vox_tf.quantization.channel_scales), so the file holds exactly the levels that were judged.
-It needs no change to the Keras models, whose layers stay the plain ones the decoder builds.
+gradients) and can move by any number of levels. The kernels round at the plain quantization's
+scales (vox_tf.quantization.channel_scales); the tri-planes and biases learn theirs (LSQ, Esser
+et al. 2020), on the grid of scales a file stores, which the packer's channel_scales finds again
+from the levels' largest: the file holds exactly the weights that were judged. It needs no change
+to the Keras models, whose layers stay the plain ones the decoder builds.
 
 Wrong voxels of the fine stage after 30 epochs, Dense kernels rounded and the rest moved
 against every weight rounded (4 / 5 / 6 bits): bunny 128^3 (runs/b0, 0 in float32) 1,808 / 284
@@ -18,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vox_tf.quantization import (DEFAULT_EXTRA_BITS, channel_scales, dense_layers, max_level,
-                                 weight_bits)
+from vox_tf.quantization import (DEFAULT_EXTRA_BITS, SCALE_STEPS_PER_OCTAVE, channel_scales,
+                                 dense_layers, max_level, scales_from_exponents, weight_bits)
 
 ROUNDING_STRETCH = (-0.1, 1.1)
 """AdaRound's rectified sigmoid spans this interval before clipping to [0, 1], so that a
@@ -36,19 +38,20 @@ ROUNDING_SHARPNESS = (20.0, 2.0)
 0.5 feel it, at 2 all do."""
 
 
-def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
+def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, scale_rate,
                        evaluate_every=None, extra_bits=DEFAULT_EXTRA_BITS, scale_weights=None,
                        bar=None):
     """Fine-tunes ``model``'s k-bit weights with the stage's loss; leaves ``model`` holding them.
 
-    The scales are the plain quantization's (:func:`channel_scales` of the float32 weights).
-    Each hidden Dense kernel weight ends at floor(w / s) or floor(w / s) + 1 steps: a rounding
+    The Dense kernels keep the plain quantization's scales (:func:`channel_scales` of the
+    float32 weights); the tri-planes' and biases' start there and are learned. Each hidden
+    Dense kernel weight ends at floor(w / s) or floor(w / s) + 1 steps: a rounding
     variable h in [0, 1] replaces the +1 during training, pushed to 0 or 1 by a regularizer
     that grows after ROUNDING_WARMUP; at the end h >= 0.5 rounds up. The output layer's kernel
     stays rounded to nearest. The tri-plane lattices and the biases are trained as floats,
-    rounded to their nearest level in the forward pass. Keeps whichever weights (the plain
-    quantization's included) reconstruct ``data``'s grid with the fewest wrong voxels, so it
-    never does worse than quantizing alone.
+    rounded to their nearest level in the forward pass, and so are their scales. Keeps
+    whichever weights (the plain quantization's included) reconstruct ``data``'s grid with the
+    fewest wrong voxels, so it never does worse than quantizing alone.
 
     Args:
         model: a trained keras.Model of vox_tf.models.
@@ -57,6 +60,8 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
         epochs: passes over data.dataset (0: plain quantization).
         rounding_rate: Adam's, for the kernels' rounding variables.
         weight_rate: Adam's, for the tri-planes and biases.
+        scale_rate: Adam's, for the exponents of the tri-planes' and biases' scales (in steps
+            of 2^(1/16)).
         evaluate_every: epochs between grid evaluations (default: every epoch).
         extra_bits: ExtraBits of the first Dense kernel and the planes (weight_bits).
         scale_weights: float32 arrays in ``model.weights`` order whose scales to round at
@@ -69,8 +74,9 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
         dict: wrong_voxels of the plain and of the kept quantization, and the epoch kept.
 
     Example:
-        >>> finetune_quantized(fine, fine_stage_data(voxels, coarse, config), 4, 30, 1e-1, 1e-3)
-        {'wrong_voxels_plain': 7438, 'wrong_voxels': 1808, 'epoch': 30}
+        >>> finetune_quantized(fine, fine_stage_data(voxels, coarse, config), 4, 30, 1e-1, 1e-3,
+        ...                    3e-3)
+        {'wrong_voxels_plain': 14073, 'wrong_voxels': 4974, 'epoch': 30}
     """
     if scale_weights is None:
         scale_weights = [np.asarray(w) for w in model.weights]
@@ -98,13 +104,15 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate,
     best, best_epoch = model.get_weights(), 0
     steps = int(data.dataset.cardinality()) * epochs
     warmup = int(ROUNDING_WARMUP * steps)
-    optimizers = [keras.optimizers.Adam(rounding_rate), keras.optimizers.Adam(weight_rate)]
+    optimizers = [keras.optimizers.Adam(rounding_rate), keras.optimizers.Adam(weight_rate),
+                  keras.optimizers.Adam(scale_rate)]
     loss_fn = keras.losses.BinaryCrossentropy()
-    groups = [[q.variable for q in roundings], [q.variable for q in floats]]
+    groups = [[q.variable for q in roundings], [q.variable for q in floats],
+              [q.exponent for q in floats]]
     push = tf.Variable(0.0, trainable=False)
     sharpness = tf.Variable(ROUNDING_SHARPNESS[0], trainable=False)
 
-    @tf.function
+    @tf.function(autograph=False)  # Python conditions on settings only: nothing to convert
     def step(points, labels):
         # The model's layers stay the plain ones the decoder builds: its variables are set to
         # the soft-rounded weights, and the loss gradient there is carried back by hand.
@@ -184,17 +192,36 @@ class _Rounding:
 
 
 class _StraightThrough:
-    """One weight trained as a float, rounded to nearest at the plain quantization's scales of
-    ``scale_weights`` in the forward pass; the gradient passes the rounding unchanged."""
+    """One weight trained as a float, rounded to nearest in the forward pass at scales that are
+    learned too (LSQ, Esser et al. 2020): per channel an exponent k of 2^(k/16), started at the
+    plain quantization's of ``scale_weights`` and snapped to the file's grid of scales
+    (a float16 value for a one-channel tensor, as the file stores it). The gradients pass the
+    roundings unchanged; a clipped weight gets none and pulls its scale up instead."""
 
     def __init__(self, weights, bits, scale_weights):
-        self.scales = _plain_scales(weights, bits, scale_weights)
+        scales = channel_scales(scale_weights, bits)
+        self.single = weights.ndim == 1
         self.top = float(max_level(bits))
         self.variable = tf.Variable(weights.astype(np.float32))
+        self.exponent = tf.Variable(
+            (np.log2(scales.astype(np.float64)) * SCALE_STEPS_PER_OCTAVE).astype(np.float32))
+
+    def scales(self, hard=False):
+        """The channels' scales: on the file's grid, with the exponent's gradient unless hard."""
+        if self.single:  # a file stores the one scale of a bias as float16, not as an exponent
+            smooth = tf.pow(2.0, self.exponent[0] / SCALE_STEPS_PER_OCTAVE)
+            snapped = tf.cast(tf.cast(smooth, tf.float16), tf.float32)
+        else:
+            smooth = tf.pow(2.0, self.exponent / SCALE_STEPS_PER_OCTAVE)
+            snapped = tf.pow(2.0, tf.round(self.exponent) / SCALE_STEPS_PER_OCTAVE)
+            if hard:  # eager: bit for bit the decoder's scales, which tf.pow can miss by an ulp
+                snapped = tf.constant(scales_from_exponents(np.rint(self.exponent.numpy())))
+        return snapped if hard else smooth + tf.stop_gradient(snapped - smooth)
 
     def weights(self, hard=False):
-        steps = self.variable / self.scales
-        levels = tf.clip_by_value(tf.round(steps), -self.top, self.top)
+        scales = self.scales(hard)
+        steps = tf.clip_by_value(self.variable / scales, -self.top, self.top)
+        levels = tf.round(steps)
         if hard:  # exactly the decoder's level x scale (the straight-through sum is off by ulps)
-            return levels * self.scales
-        return (steps + tf.stop_gradient(levels - steps)) * self.scales
+            return levels * scales
+        return (steps + tf.stop_gradient(levels - steps)) * scales
