@@ -67,10 +67,11 @@ FINETUNE_SCALE_LR = 3e-3
 """Adam's rate for the exponents of the tri-planes' and biases' learned scales (steps of
 2^(1/16)). Wrong voxels after 30 epochs, bytes beside them, against the same fine-tuning at the
 plain quantization's scales: mgn10_125611516241372_TShirtNoCoat 256^3 (runs/seed2, 17,655
-fine params) 4 bits 3e-3 4,974 (8,173 B), 1e-3 5,843 (8,068 B), 1e-2 5,041 (8,228 B), fixed 7,598 (7,964 B); 5 bits
-2,222 against 3,557; 6 bits 874 against 1,256; 8 bits 5 against 12. Bunny 128^3 (64:swish,
-32:swish, trained 60 epochs) 4 bits: 1e-3 2,161 (5,210 B), 3e-3 2,115 (5,262 B), 1e-2 2,052
-(5,350 B), 3e-2 2,073, fixed 2,223 (5,174 B). Finer scales use more levels: files grow 0.3-3 %."""
+fine params) 4 bits 3e-3 4,974 (8,173 B), 1e-3 5,843 (8,068 B), 1e-2 5,041 (8,228 B), fixed
+7,598 (7,964 B); 5 bits 2,222 against 3,557; 6 bits 874 against 1,256; 8 bits 5 against 12.
+Bunny 128^3 (64:swish, 32:swish, trained 60 epochs) 4 bits: 1e-3 2,161 (5,210 B), 3e-3 2,115
+(5,262 B), 1e-2 2,052 (5,350 B), 3e-2 2,073, fixed 2,223 (5,174 B). Finer scales use more
+levels: files grow 0.3-3 %."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each fine-tuned,
 the smallest file kept: weights with fewer bits may cost the residual less than they save. On

@@ -65,7 +65,7 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
         evaluate_every: epochs between grid evaluations (default: every epoch).
         extra_bits: ExtraBits of the first Dense kernel and the planes (weight_bits).
         scale_weights: float32 arrays in ``model.weights`` order whose scales to round at
-            (default: the model's own). The packer stores the tri-planes without the nodes no
+            (the tri-planes' and biases' to start from; default: the model's own). The packer stores the tri-planes without the nodes no
             voxel reads (vox_tf.packed_model.fine_weights_as_packed), which can give a channel
             another scale: passing those keeps the file's levels the ones judged here.
         bar: a bar of vox_tf.console.progress_bar over ``epochs``, advanced each epoch
