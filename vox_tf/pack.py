@@ -45,10 +45,24 @@ VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
-FINETUNE_ROUNDING_LR = 1e-1
+FINETUNE_ROUNDING_LR = 3e-2
+"""Adam's rate for the Dense kernels' rounding variables (vox_tf.quantized_finetuning.
+finetune_quantized). At 1e-1 the five-hidden-layer net of mgn10_125611504997669_LongCoat 256^3
+(~9,000 steps in 30 epochs) was thrown off at the first epoch (4 bits: 30,324 wrong voxels
+plainly quantized, 177,168 after one epoch) and no epoch beat the plain file; at 3e-2 it keeps
+12,867 (1e-2 13,824, 5e-2 19,590) and at 6 bits 965 against 1,235. On the three-layer nets
+3e-2 costs 1-7 % at 4 bits (wrong voxels after 30 epochs, 3e-2 against 1e-1):
+mgn10_125611516241372_TShirtNoCoat 5,037 / 4,974 (6 bits 881 / 874, 8 bits 4 / 5),
+thingi32_64444 4,134 / 3,846 (5e-2: 4,030), mgn10_125611494287978_ShirtNoCoat (five layers)
+4,422 / 4,682; bunny 128^3 (64:swish,32:swish) 2,142 / 2,115. Before the tri-planes and
+biases were trained, with the output kernel's rounding learned too, 1e-1 had beaten 3e-2 at
+128^3: bunny (runs/b0, 0 in float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against 1,826 / 340 / 4;
+runs/real128's 3DSMaxExport (17 in float32) 8 bits 20 and 20, 6 bits 32 and 59, 4 bits 406
+and 825; Spider_binary 6 bits 477 and 536. Bunny 4 bits, 20 epochs at 3e-2 and lambda 1e-4:
+3,754; 200 epochs at 1e-2 (lambda 1e-3): 1,606."""
 FINETUNE_WEIGHT_LR = {8: 1e-4, 6: 1e-3, 5: 1e-3, 4: 1e-3}
-"""Fine-tuning defaults (vox_tf.quantized_finetuning.finetune_quantized): epochs, Adam's rate
-for the Dense kernels' rounding variables and, per file bits, for the tri-planes and biases.
+"""Fine-tuning defaults (vox_tf.quantized_finetuning.finetune_quantized): epochs, and per file
+bits Adam's rate for the tri-planes and biases.
 At 8 bits a level of the tri-planes (12 bits) is a sixteenth of one at 4 and 1e-3 moves them
 by whole levels a step: wrong voxels after 30 epochs at 1e-4 against 1e-3,
 mgn10_125611504997669_LongCoat 256^3 (8 in float32, 386 plainly quantized) 4 against 39
@@ -56,13 +70,8 @@ mgn10_125611504997669_LongCoat 256^3 (8 in float32, 386 plainly quantized) 4 aga
 0, 3DSMaxExport 95 and 96, Spider_binary 411 and 404 (float32 ~450). At fewer bits 1e-3 holds:
 wrong voxels after 30 epochs, 4 / 5 / 6 bits: teapot 128^3 1e-3 150 / 0 / 0, 3e-3 162 / 6 / 3,
 3e-4 190 / 1 / 0; bunny 128^3 4 bits 1e-3 1,808, 1e-2 2,105, 1e-4 2,289; LongCoat 6 bits 1e-3
-1,571, 3e-4 1,566, 1e-4 1,508 (6,549 plain). The rounding's rate (before the tri-planes and
-biases were trained), 30 epochs at 1e-1 against 3e-2 (the output kernel's rounding still
-learned then): bunny 128^3 (runs/b0, 0 in float32) 4 / 5 / 6 bits 1,792 / 241 / 1 against
-1,826 / 340 / 4; runs/real128's 3DSMaxExport (17 in float32) 8 bits 20 and 20, 6 bits 32 and
-59, 4 bits 406 and 825; Spider_binary 6 bits 477 and 536. Bunny 4 bits, 20 epochs at 3e-2 and
-lambda 1e-4: 3,754; 200 epochs at 1e-2 (lambda 1e-3): 1,606. 256^3 takes ~3 s an epoch on 2
-cores (thingi32_64444)."""
+1,571, 3e-4 1,566, 1e-4 1,508 (6,549 plain); these were measured with the rounding at 1e-1.
+256^3 takes ~3 s an epoch on 2 cores (thingi32_64444)."""
 FINETUNE_SCALE_LR = 3e-3
 """Adam's rate for the exponents of the tri-planes' and biases' learned scales (steps of
 2^(1/16)). Wrong voxels after 30 epochs, bytes beside them, against the same fine-tuning at the
@@ -158,7 +167,8 @@ def finetune_outcome(outcome, bits):
     """One line on what the fine-tuning kept, from finetune_quantized's dict.
 
     A user sees when no epoch beat rounding to nearest: the file then holds the plain
-    quantization (mgn10_125611504997669_LongCoat 256^3 at 4 bits, 28,699 wrong voxels).
+    quantization (mgn10_125611504997669_LongCoat 256^3 at 4 bits, 28,699 wrong voxels, when
+    the rounding learned at 1e-1).
 
     Example:
         >>> finetune_outcome({"wrong_voxels_plain": 7438, "wrong_voxels": 1808, "epoch": 30}, 4)
@@ -177,7 +187,7 @@ def finetune_cache_name(bits, extra_bits, epochs):
 
     Example:
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
-        '8bit_x2p4_30ep_rounding_lr0.1_ste_lr0.0001_scale_lr0.003_fine_v4.npz'
+        '8bit_x2p4_30ep_rounding_lr0.03_ste_lr0.0001_scale_lr0.003_fine_v4.npz'
     """
     return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
             f"_ste_lr{FINETUNE_WEIGHT_LR[bits]:g}_scale_lr{FINETUNE_SCALE_LR:g}"
