@@ -244,7 +244,29 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
         pack.finetune_cache_name(bits, extra, epochs) for bits, extra, epochs in cached)
 
 
-def test_finetuning_rounds_kernels_at_the_plain_scales_and_learns_the_others(run, packed):
+def _learned_rounding(decoded, weights, plain_scales, top):
+    """Levels of ``decoded`` if each channel is one scale times levels that are each
+    floor(w / s0) or floor(w / s0) + 1 (s0: the plain quantization's scale), else None."""
+    down = np.floor(weights / plain_scales).reshape(-1, weights.shape[-1])
+    choices = np.clip(down, -top, top), np.clip(down + 1, -top, top)
+    values = decoded.reshape(down.shape)
+    levels = np.zeros_like(values)
+    for channel in range(values.shape[1]):
+        column, largest = values[:, channel], np.argmax(np.abs(values[:, channel]))
+        candidates = [choice[largest, channel] for choice in choices if choice[largest, channel]]
+        for level in candidates or [1.0]:
+            steps = column / (column[largest] / level) if column[largest] else column
+            if np.allclose(steps, np.rint(steps), atol=1e-4) and np.all(
+                    (np.rint(steps) == choices[0][:, channel])
+                    | (np.rint(steps) == choices[1][:, channel])):
+                levels[:, channel] = np.rint(steps)
+                break
+        else:
+            return None
+    return levels.reshape(weights.shape)
+
+
+def test_finetuning_rounds_kernels_up_or_down_and_learns_scales(run, packed):
     run_dir, _, voxels = run
     model = vox_tf.load(run_dir)
     # the file holds the tri-plane nodes some voxel reads, quantized at their own scales
@@ -257,13 +279,11 @@ def test_finetuning_rounds_kernels_at_the_plain_scales_and_learns_the_others(run
                                                 quantization.weight_bits(model.fine, 4)):
         plain = quantization.quantize(weights, bits)
         if any(variable is kernel for kernel in kernels):
-            scales = plain.scales if weights.ndim > 1 else plain.scales[0]
-            top = quantization.max_level(bits)
-            levels = np.rint(decoded / scales)
-            assert np.allclose(decoded, levels * scales, rtol=1e-6) and np.abs(levels).max() <= top
-            down = np.floor(weights / scales)
-            assert np.all((levels == np.clip(down, -top, top))
-                          | (levels == np.clip(down + 1, -top, top)))
+            # each weight a whole number of its channel's (learned) scale: floor or ceil of
+            # w / s0 at the plain scale s0
+            levels = _learned_rounding(decoded, weights, plain.scales,
+                                       quantization.max_level(bits))
+            assert levels is not None, variable.path
             rounded += int((levels != plain.levels).sum())
         else:  # tri-planes and biases: at scales of their own, which the file keeps
             rescaled += int(np.sum(quantization.quantize(decoded, bits).scales != plain.scales))

@@ -13,13 +13,15 @@ the run's voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory once it finishes::
 
-    quantized/<bits>bit_x<a>p<b>_<epochs>ep_rounding_lr<rate>_ste_lr<rate>_scale_lr<rate>_fine_v<quantizer>.npz
+    quantized/<bits>bit_x<a>p<b>_<epochs>ep_rounding_lr<r>_ste_lr<r>_scale_lr<r>_kernel_scale_lr<r>
+        _fine_v<q>.npz  (one name)
 
 (a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
-ExtraBits), so packing again (say with --lossless) reuses it. The quantizer's version and the
-fine-tuning's method are in the name: weights tuned otherwise are not reused. A lossless file
-is packed with each of LOSSLESS_EXTRA_BITS and the smallest file kept. Every figure printed is
-measured on the file as written, decoded back.
+ExtraBits; r: the fine-tuning's rates; q: the quantizer's version), so packing again (say with
+--lossless) reuses it. The quantizer's version and the fine-tuning's method are in the name:
+weights tuned otherwise are not reused. A lossless file is packed with each of
+LOSSLESS_EXTRA_BITS and the smallest file kept. Every figure printed is measured on the file as
+written, decoded back.
 """
 
 import argparse
@@ -81,6 +83,15 @@ fine params) 4 bits 3e-3 4,974 (8,173 B), 1e-3 5,843 (8,068 B), 1e-2 5,041 (8,22
 Bunny 128^3 (64:swish, 32:swish, trained 60 epochs) 4 bits: 1e-3 2,161 (5,210 B), 3e-3 2,115
 (5,262 B), 1e-2 2,052 (5,350 B), 3e-2 2,073, fixed 2,223 (5,174 B). Finer scales use more
 levels: files grow 0.3-3 %."""
+FINETUNE_KERNEL_SCALE_LR = {8: 0.0, 6: 0.0, 5: 0.0, 4: 3e-3}
+"""Per file bits, Adam's rate for the exponents of the Dense kernels' scales (0: the plain
+quantization's kept). At 4 bits a step of scale (4.4 %) moves a channel's largest weights by a
+third of a level, and learning them takes wrong voxels away (30 epochs, rounding at 3e-2,
+against the plain scales): mgn10_125611504997669_LongCoat 256^3 9,501 / 12,867, thingi32_64444
+3,759 / 4,134, mgn10_125611516241372_TShirtNoCoat 4,862 / 5,037,
+mgn10_125611494287978_ShirtNoCoat 4,308 / 4,422; bunny 128^3 2,172 / 2,142. With more bits a
+step is most of a level (5 bits) or more (6 bits: 1.4) and it costs: TShirtNoCoat 5 bits 2,476
+/ 2,428, 6 bits 1,094 / 881, LongCoat 6 bits 1,299 / 965; 8 bits 4 / 4."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each fine-tuned,
 the smallest file kept: weights with fewer bits may cost the residual less than they save. On
@@ -155,7 +166,7 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS):
         outcome = finetune_quantized(
             reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config), bits,
             epochs, FINETUNE_ROUNDING_LR, FINETUNE_WEIGHT_LR[bits], FINETUNE_SCALE_LR,
-            extra_bits=extra_bits,
+            FINETUNE_KERNEL_SCALE_LR[bits], extra_bits=extra_bits,
             scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar)
     print(finetune_outcome(outcome, bits), file=sys.stderr)
     with atomic_output(cache) as tmp:
@@ -187,10 +198,11 @@ def finetune_cache_name(bits, extra_bits, epochs):
 
     Example:
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
-        '8bit_x2p4_30ep_rounding_lr0.03_ste_lr0.0001_scale_lr0.003_fine_v4.npz'
+        '8bit_x2p4_30ep_rounding_lr0.03_ste_lr0.0001_scale_lr0.003_kernel_scale_lr0_fine_v4.npz'
     """
     return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
             f"_ste_lr{FINETUNE_WEIGHT_LR[bits]:g}_scale_lr{FINETUNE_SCALE_LR:g}"
+            f"_kernel_scale_lr{FINETUNE_KERNEL_SCALE_LR[bits]:g}"
             f"_fine_v{QUANTIZER_VERSION}.npz")
 
 

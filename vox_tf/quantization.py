@@ -25,10 +25,10 @@ levels do better than square-law ones at 8 (mgn10_125611510010088_ShirtNoCoat 25
 alone quantized: 186 wrong voxels against 725; float32: 166).
 
 The packer and the decoder go through :func:`quantize`; the fine-tuning
-(vox_tf.quantized_finetuning) rounds at scales of the file's grid (the Dense kernels at those
-:func:`channel_scales` finds, the tri-planes and biases at learned ones), and quantizing k-bit
-values again gives back their levels and scales, so the weights a fine-tuned model was judged
-with are bit for bit the weights the decoder rebuilds.
+(vox_tf.quantized_finetuning) rounds at learned scales on the file's grid, started at those
+:func:`channel_scales` finds, and quantizing k-bit values again gives back their levels and
+scales, so the weights a fine-tuned model was judged with are bit for bit the weights the
+decoder rebuilds.
 """
 
 from dataclasses import dataclass

@@ -4,11 +4,12 @@ The Dense kernels learn, weight by weight, whether to round down or up (AdaRound
 2020, with the stage's own loss instead of a layer-wise one); the tri-plane lattices and the
 biases, which the file stores at their own scales and few of whose values are many bytes, are
 trained as floats with their rounding to nearest in the forward pass (straight-through
-gradients) and can move by any number of levels. The kernels round at the plain quantization's
-scales (vox_tf.quantization.channel_scales); the tri-planes and biases learn theirs (LSQ, Esser
-et al. 2020), on the grid of scales a file stores, which the packer's channel_scales finds again
-from the levels' largest: the file holds exactly the weights that were judged. It needs no change
-to the Keras models, whose layers stay the plain ones the decoder builds.
+gradients) and can move by any number of levels. Their scales are learned (LSQ, Esser et al.
+2020) from the plain quantization's (vox_tf.quantization.channel_scales), and the kernels' too
+where that pays (few bits), on the grid of scales a file stores, which the packer's
+channel_scales finds again from the levels' largest: the file holds exactly the weights that
+were judged. It needs no change to the Keras models, whose layers stay the plain ones the
+decoder builds.
 
 Wrong voxels of the fine stage after 30 epochs, Dense kernels rounded and the rest moved
 against every weight rounded (4 / 5 / 6 bits): bunny 128^3 (runs/b0, 0 in float32) 1,808 / 284
@@ -39,19 +40,20 @@ ROUNDING_SHARPNESS = (20.0, 2.0)
 
 
 def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, scale_rate,
-                       evaluate_every=None, extra_bits=DEFAULT_EXTRA_BITS, scale_weights=None,
-                       bar=None):
+                       kernel_scale_rate=0.0, evaluate_every=None, extra_bits=DEFAULT_EXTRA_BITS,
+                       scale_weights=None, bar=None):
     """Fine-tunes ``model``'s k-bit weights with the stage's loss; leaves ``model`` holding them.
 
-    The Dense kernels keep the plain quantization's scales (:func:`channel_scales` of the
-    float32 weights); the tri-planes' and biases' start there and are learned. Each hidden
-    Dense kernel weight ends at floor(w / s) or floor(w / s) + 1 steps: a rounding
-    variable h in [0, 1] replaces the +1 during training, pushed to 0 or 1 by a regularizer
-    that grows after ROUNDING_WARMUP; at the end h >= 0.5 rounds up. The output layer's kernel
-    stays rounded to nearest. The tri-plane lattices and the biases are trained as floats,
-    rounded to their nearest level in the forward pass, and so are their scales. Keeps
-    whichever weights (the plain quantization's included) reconstruct ``data``'s grid with the
-    fewest wrong voxels, so it never does worse than quantizing alone.
+    Every tensor's scales start at the plain quantization's (:func:`channel_scales` of
+    ``scale_weights``); the tri-planes' and biases' are learned, the Dense kernels' at
+    ``kernel_scale_rate`` only. Each hidden Dense kernel weight ends at floor(w / s0) or
+    floor(w / s0) + 1 levels of its scale (s0: the plain one): a rounding variable
+    h in [0, 1] replaces the +1 during training, pushed to 0 or 1 by a regularizer that grows after
+    ROUNDING_WARMUP; at the end h >= 0.5 rounds up. The output layer's kernel stays rounded
+    to nearest. The tri-plane lattices and the biases are trained as floats, rounded to
+    their nearest level in the forward pass. Keeps whichever weights (the plain
+    quantization's included) reconstruct ``data``'s grid with the fewest wrong voxels, so it
+    never does worse than quantizing alone.
 
     Args:
         model: a trained keras.Model of vox_tf.models.
@@ -60,23 +62,24 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
         epochs: passes over data.dataset (0: plain quantization).
         rounding_rate: Adam's, for the kernels' rounding variables.
         weight_rate: Adam's, for the tri-planes and biases.
-        scale_rate: Adam's, for the exponents of the tri-planes' and biases' scales (in steps
-            of 2^(1/16)).
+        scale_rate: Adam's, for the exponents of the tri-planes' and biases' scales (in
+            steps of 2^(1/16)).
+        kernel_scale_rate: the same for the Dense kernels' (0: they keep the plain scales).
         evaluate_every: epochs between grid evaluations (default: every epoch).
         extra_bits: ExtraBits of the first Dense kernel and the planes (weight_bits).
-        scale_weights: float32 arrays in ``model.weights`` order whose scales to round at
-            (the tri-planes' and biases' to start from; default: the model's own). The packer stores the tri-planes without the nodes no
-            voxel reads (vox_tf.packed_model.fine_weights_as_packed), which can give a channel
-            another scale: passing those keeps the file's levels the ones judged here.
+        scale_weights: float32 arrays in ``model.weights`` order whose plain scales to start
+            from (default: the model's own). The packer stores the tri-planes without the nodes
+            no voxel reads (vox_tf.packed_model.fine_weights_as_packed), which can give a
+            channel another scale: passing those keeps the file's levels the ones judged here.
         bar: a bar of vox_tf.console.progress_bar over ``epochs``, advanced each epoch
             with the fewest wrong voxels so far (default: none).
     Returns:
         dict: wrong_voxels of the plain and of the kept quantization, and the epoch kept.
 
     Example:
-        >>> finetune_quantized(fine, fine_stage_data(voxels, coarse, config), 4, 30, 1e-1, 1e-3,
-        ...                    3e-3)
-        {'wrong_voxels_plain': 14073, 'wrong_voxels': 4974, 'epoch': 30}
+        >>> finetune_quantized(fine, fine_stage_data(voxels, coarse, config), 4, 30, 3e-2, 1e-3,
+        ...                    3e-3, 3e-3)
+        {'wrong_voxels_plain': 14073, 'wrong_voxels': 4862, 'epoch': 28}
     """
     if scale_weights is None:
         scale_weights = [np.asarray(w) for w in model.weights]
@@ -104,11 +107,12 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
     best, best_epoch = model.get_weights(), 0
     steps = int(data.dataset.cardinality()) * epochs
     warmup = int(ROUNDING_WARMUP * steps)
-    optimizers = [keras.optimizers.Adam(rounding_rate), keras.optimizers.Adam(weight_rate),
-                  keras.optimizers.Adam(scale_rate)]
+    rates = [rounding_rate, weight_rate, scale_rate, kernel_scale_rate]
+    optimizers = [keras.optimizers.Adam(rate) for rate in rates]
     loss_fn = keras.losses.BinaryCrossentropy()
     groups = [[q.variable for q in roundings], [q.variable for q in floats],
-              [q.exponent for q in floats]]
+              [q.scales.exponent for q in floats],
+              [q.scales.exponent for q in quantized if isinstance(q, _Rounding)]]
     push = tf.Variable(0.0, trainable=False)
     sharpness = tf.Variable(ROUNDING_SHARPNESS[0], trainable=False)
 
@@ -124,8 +128,8 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
                 loss = loss_fn(labels, model(points, training=True))
             gradients = inner.gradient(loss, model.trainable_weights)
             undecided = tf.add_n([r.undecided(sharpness) for r in roundings] or [0.0])
-        for optimizer, variables in zip(optimizers, groups):
-            if not variables:
+        for optimizer, variables, rate in zip(optimizers, groups, rates):
+            if not variables or not rate:
                 continue
             total = outer.gradient(weights, variables, output_gradients=gradients)
             if variables is groups[0]:
@@ -156,17 +160,37 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
             "epoch": best_epoch}
 
 
-def _plain_scales(weights, bits, scale_weights):
-    scales = channel_scales(scale_weights, bits)
-    return tf.constant(scales if weights.ndim > 1 else scales[0], tf.float32)
+class _LearnedScales:
+    """Per channel an exponent k of a scale 2^(k/16) (LSQ, Esser et al. 2020), started at the
+    plain quantization's of ``scale_weights`` and snapped to the file's grid of scales (a
+    float16 value for a one-channel tensor, as the file stores it)."""
+
+    def __init__(self, weights, bits, scale_weights):
+        self.plain = channel_scales(scale_weights, bits)
+        self.single = weights.ndim == 1 or weights.shape[-1] == 1
+        self.exponent = tf.Variable(
+            (np.log2(self.plain.astype(np.float64)) * SCALE_STEPS_PER_OCTAVE).astype(np.float32))
+
+    def __call__(self, hard=False):
+        """The channels' scales: on the file's grid, with the exponent's gradient unless hard."""
+        if self.single:  # a file stores the one scale of a bias as float16, not as an exponent
+            smooth = tf.pow(2.0, self.exponent[0] / SCALE_STEPS_PER_OCTAVE)
+            snapped = tf.cast(tf.cast(smooth, tf.float16), tf.float32)
+        else:
+            smooth = tf.pow(2.0, self.exponent / SCALE_STEPS_PER_OCTAVE)
+            snapped = tf.pow(2.0, tf.round(self.exponent) / SCALE_STEPS_PER_OCTAVE)
+            if hard:  # eager: bit for bit the decoder's scales, which tf.pow can miss by an ulp
+                snapped = tf.constant(scales_from_exponents(np.rint(self.exponent.numpy())))
+        return snapped if hard else smooth + tf.stop_gradient(snapped - smooth)
 
 
 class _Rounding:
-    """One weight's learned rounding at the plain quantization's scales of ``scale_weights``."""
+    """One Dense kernel's learned rounding from the plain quantization's scales of
+    ``scale_weights``, which may be learned too."""
 
     def __init__(self, weights, bits, scale_weights, learned=True):
-        self.scales = _plain_scales(weights, bits, scale_weights)
-        ratio = weights / self.scales.numpy()
+        self.scales = _LearnedScales(weights, bits, scale_weights)
+        ratio = weights / self.scales.plain
         down = np.floor(ratio)
         low, high = ROUNDING_STRETCH
         # h starts at the fraction rounding to nearest would weigh: sigmoid(v) = (f - low) / span
@@ -184,7 +208,7 @@ class _Rounding:
 
     def weights(self, hard=False):
         up = tf.cast(self.variable >= 0, tf.float32) if hard or not self.learned else self.up()
-        return tf.clip_by_value(self.down + up, -self.top, self.top) * self.scales
+        return tf.clip_by_value(self.down + up, -self.top, self.top) * self.scales(hard)
 
     def undecided(self, sharpness):
         """AdaRound's regularizer: 0 where every h is 0 or 1."""
@@ -192,31 +216,14 @@ class _Rounding:
 
 
 class _StraightThrough:
-    """One weight trained as a float, rounded to nearest in the forward pass at scales that are
-    learned too (LSQ, Esser et al. 2020): per channel an exponent k of 2^(k/16), started at the
-    plain quantization's of ``scale_weights`` and snapped to the file's grid of scales
-    (a float16 value for a one-channel tensor, as the file stores it). The gradients pass the
-    roundings unchanged; a clipped weight gets none and pulls its scale up instead."""
+    """One weight trained as a float, rounded to nearest in the forward pass at learned scales
+    (:class:`_LearnedScales`). The gradients pass the roundings unchanged; a clipped weight
+    gets none and pulls its scale up instead."""
 
     def __init__(self, weights, bits, scale_weights):
-        scales = channel_scales(scale_weights, bits)
-        self.single = weights.ndim == 1
+        self.scales = _LearnedScales(weights, bits, scale_weights)
         self.top = float(max_level(bits))
         self.variable = tf.Variable(weights.astype(np.float32))
-        self.exponent = tf.Variable(
-            (np.log2(scales.astype(np.float64)) * SCALE_STEPS_PER_OCTAVE).astype(np.float32))
-
-    def scales(self, hard=False):
-        """The channels' scales: on the file's grid, with the exponent's gradient unless hard."""
-        if self.single:  # a file stores the one scale of a bias as float16, not as an exponent
-            smooth = tf.pow(2.0, self.exponent[0] / SCALE_STEPS_PER_OCTAVE)
-            snapped = tf.cast(tf.cast(smooth, tf.float16), tf.float32)
-        else:
-            smooth = tf.pow(2.0, self.exponent / SCALE_STEPS_PER_OCTAVE)
-            snapped = tf.pow(2.0, tf.round(self.exponent) / SCALE_STEPS_PER_OCTAVE)
-            if hard:  # eager: bit for bit the decoder's scales, which tf.pow can miss by an ulp
-                snapped = tf.constant(scales_from_exponents(np.rint(self.exponent.numpy())))
-        return snapped if hard else smooth + tf.stop_gradient(snapped - smooth)
 
     def weights(self, hard=False):
         scales = self.scales(hard)
