@@ -83,15 +83,16 @@ fine params) 4 bits 3e-3 4,974 (8,173 B), 1e-3 5,843 (8,068 B), 1e-2 5,041 (8,22
 Bunny 128^3 (64:swish, 32:swish, trained 60 epochs) 4 bits: 1e-3 2,161 (5,210 B), 3e-3 2,115
 (5,262 B), 1e-2 2,052 (5,350 B), 3e-2 2,073, fixed 2,223 (5,174 B). Finer scales use more
 levels: files grow 0.3-3 %."""
-FINETUNE_KERNEL_SCALE_LR = {8: 0.0, 6: 0.0, 5: 0.0, 4: 3e-3}
+FINETUNE_KERNEL_SCALE_LR = {8: 0.0, 6: 0.0, 5: 0.0, 4: 1e-2}
 """Per file bits, Adam's rate for the exponents of the Dense kernels' scales (0: the plain
 quantization's kept). At 4 bits a step of scale (4.4 %) moves a channel's largest weights by a
-third of a level, and learning them takes wrong voxels away (30 epochs, rounding at 3e-2,
-against the plain scales): mgn10_125611504997669_LongCoat 256^3 9,501 / 12,867, thingi32_64444
-3,759 / 4,134, mgn10_125611516241372_TShirtNoCoat 4,862 / 5,037,
-mgn10_125611494287978_ShirtNoCoat 4,308 / 4,422; bunny 128^3 2,172 / 2,142. With more bits a
-step is most of a level (5 bits) or more (6 bits: 1.4) and it costs: TShirtNoCoat 5 bits 2,476
-/ 2,428, 6 bits 1,094 / 881, LongCoat 6 bits 1,299 / 965; 8 bits 4 / 4."""
+third of a level, and learning them takes wrong voxels away (30 epochs, rounding at 3e-2; 1e-2
+/ 3e-3 / plain scales): mgn10_125611504997669_LongCoat 256^3 8,807 / 9,501 / 12,867 (3e-2:
+8,345, 1e-3: 10,893), mgn10_125611516241372_TShirtNoCoat 4,425 / 4,862 / 5,037 (3e-2: 4,538,
+1e-3: 5,067), thingi32_64444 3,596 / 3,759 / 4,134, mgn10_125611494287978_ShirtNoCoat 4,253 /
+4,308 / 4,422; bunny 128^3 2,216 / 2,172 / 2,142. With more bits a step is most of a level (5
+bits) or more (6 bits: 1.4) and it costs (3e-3 / plain): TShirtNoCoat 5 bits 2,476 / 2,428, 6
+bits 1,094 / 881, LongCoat 6 bits 1,299 / 965; 8 bits 4 / 4."""
 LOSSLESS_EXTRA_BITS = (ExtraBits(1, 4), ExtraBits(0, 4), ExtraBits(0, 3))
 """The extra bits (vox_tf.quantization.ExtraBits) a lossless file is packed with, each fine-tuned,
 the smallest file kept: weights with fewer bits may cost the residual less than they save. On
