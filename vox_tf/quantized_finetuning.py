@@ -167,13 +167,13 @@ class _LearnedScales:
 
     def __init__(self, weights, bits, scale_weights):
         self.plain = channel_scales(scale_weights, bits)
-        self.single = weights.ndim == 1 or weights.shape[-1] == 1
+        self.single = self.plain.size == 1  # channel_scales gave one float16 scale
         self.exponent = tf.Variable(
             (np.log2(self.plain.astype(np.float64)) * SCALE_STEPS_PER_OCTAVE).astype(np.float32))
 
     def __call__(self, hard=False):
         """The channels' scales: on the file's grid, with the exponent's gradient unless hard."""
-        if self.single:  # a file stores the one scale of a bias as float16, not as an exponent
+        if self.single:  # a file stores a one-channel tensor's scale as float16, not as k
             smooth = tf.pow(2.0, self.exponent[0] / SCALE_STEPS_PER_OCTAVE)
             snapped = tf.cast(tf.cast(smooth, tf.float16), tf.float32)
         else:
