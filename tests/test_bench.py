@@ -6,9 +6,12 @@ is that each script finishes and reports its table, so a broken benchmark fails 
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from vox_tf.stage_training import STEPS_PER_EXECUTION
 
@@ -41,6 +44,18 @@ def test_boundary_bench_prints_a_speed_up_after_the_versions_agree():
     out = run_smoke("boundary.py")
     assert re.search(rf"^\s+32\s+\d+\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", out, re.M), out
     assert "all three versions agree on every voxel" in out
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc to build the harness")
+def test_cuda_boundary_bench_builds_its_harness_from_the_kernel_the_op_compiles():
+    out = run_smoke("boundary_cuda.py")
+    harness = ROOT / "build" / "boundary_cuda" / "custom_ops_kernels_dual_voxel_boundary_kernel"
+    assert f"built {harness.relative_to(ROOT)} from custom_ops/kernels/" in out, out
+    assert os.access(harness, os.X_OK)
+    if shutil.which("nvidia-smi") is None:
+        assert "no GPU here" in out
+    else:
+        assert "agree with the reference on 8 grids, with and without a mask" in out, out
 
 
 def test_dataset_bench_prints_build_time_and_bytes_per_voxel():
