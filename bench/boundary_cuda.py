@@ -100,12 +100,14 @@ def label_counts(labels):
 
 
 def check_grids(rng):
-    """Small grids of odd shapes: empty, full, one voxel, thin rows, blobs, random."""
+    """Small grids of odd shapes: empty, full, one voxel, thin, rows of 30 and 32, blobs, random."""
     blobs = ndimage.gaussian_filter(rng.random((30, 20, 25)), 2) > 0.5
     return {"1x1x1": np.ones((1, 1, 1), bool), "empty_5x6x7": np.zeros((5, 6, 7), bool),
             "full_9x10x11": np.ones((9, 10, 11), bool),
             "row_1x1x70": rng.random((1, 1, 70)) < 0.6,
             "thin_3x130x5": rng.random((3, 130, 5)) < 0.5, "blobs_30x20x25": blobs,
+            "rows_7x9x60": rng.random((7, 9, 60)) < 0.7,
+            "rows_5x4x32": rng.random((5, 4, 32)) < 0.7,
             "dense_64x64x64": rng.random((64, 64, 64)) < 0.9,
             "ball_67x33x129": noisy_ball((67, 33, 129), rng)}
 

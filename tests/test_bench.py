@@ -55,7 +55,7 @@ def test_cuda_boundary_bench_builds_its_harness_from_the_kernel_the_op_compiles(
     if shutil.which("nvidia-smi") is None:
         assert "no GPU here" in out
     else:
-        assert "agree with the reference on 8 grids, with and without a mask" in out, out
+        assert "agree with the reference on 10 grids, with and without a mask" in out, out
 
 
 def test_dataset_bench_prints_build_time_and_bytes_per_voxel():

@@ -64,7 +64,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
     unsigned long long sum = thread_counts[c];
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    for (int offset = 16; offset > 0; offset /= 2) {
+      sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    }
     if (threadIdx.x % 32 == 0 && sum != 0) atomicAdd(&block_counts[c], sum);
   }
   __syncthreads();
