@@ -122,6 +122,7 @@ def noisy_ball(shape, rng, flipped=0.01):
 
 
 def check(harness, grid, expected, what):
+    """Exits with the first wrong label or count of ``harness`` on ``grid`` against ``expected``."""
     labels, counts, *_ = run_harness(harness, grid, expected.shape, 0)
     if not np.array_equal(labels, expected):
         wrong = np.argwhere(labels != expected)
@@ -134,6 +135,7 @@ def check(harness, grid, expected, what):
 
 
 def gpu_name():
+    """The first GPU's name as nvidia-smi gives it, or None where there is none."""
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                               capture_output=True, text=True, check=True).stdout.strip()
