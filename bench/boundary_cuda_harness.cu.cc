@@ -74,9 +74,12 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaMemsetAsync(labels, 0x7f, bytes, stream));
     CHECK_CUDA(cudaMemsetAsync(counts, 0x7f, 4 * sizeof(int64_t), stream));
     CHECK_CUDA(cudaEventRecord(start, stream));
-    vox_tf::DualVoxelBoundaryFunctor<Eigen::GpuDevice>()(device, occupancy, mask, nx, ny, nz,
-                                                         labels, counts);
-    CHECK_CUDA(cudaGetLastError());
+    const char* error = vox_tf::DualVoxelBoundaryFunctor<Eigen::GpuDevice>()(
+        device, occupancy, mask, nx, ny, nz, labels, counts);
+    if (error != nullptr) {
+      std::fprintf(stderr, "error: the kernel did not run: %s\n", error);
+      return 1;
+    }
     CHECK_CUDA(cudaEventRecord(stop, stream));
     CHECK_CUDA(cudaEventSynchronize(stop));
     float milliseconds = 0;

@@ -64,8 +64,8 @@ void PassAcross(const uint64_t* any_before, const uint64_t* any_self, const uint
 
 template <>
 struct DualVoxelBoundaryFunctor<CPUDevice> {
-  void operator()(const CPUDevice& device, const bool* occupancy, const bool* mask, int64_t nx,
-                  int64_t ny, int64_t nz, int8_t* labels, int64_t* counts) {
+  const char* operator()(const CPUDevice& device, const bool* occupancy, const bool* mask,
+                         int64_t nx, int64_t ny, int64_t nz, int8_t* labels, int64_t* counts) {
     const int64_t rows = nx * ny;
     BitRows along_z(rows, nz), along_zy(rows, nz), around(rows, nz);
     const int64_t words = along_z.words_per_row;
@@ -129,6 +129,7 @@ struct DualVoxelBoundaryFunctor<CPUDevice> {
       for (int c = 0; c < 4; ++c) totals[c] += local[c];
     });
     for (int c = 0; c < 4; ++c) counts[c] = totals[c];
+    return nullptr;
   }
 };
 
@@ -155,11 +156,17 @@ class DualVoxelBoundaryOp : public OpKernel {
     Tensor* counts = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, occupancy.shape(), &labels));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({4}), &counts));
-    DualVoxelBoundaryFunctor<Device>()(
+    const char* error = DualVoxelBoundaryFunctor<Device>()(
         ctx->eigen_device<Device>(), occupancy.flat<bool>().data(),
         masked ? mask.flat<bool>().data() : nullptr,
         occupancy.dim_size(0), occupancy.dim_size(1), occupancy.dim_size(2),
         labels->flat<int8_t>().data(), counts->flat<int64_t>().data());
+    // Unchecked, a kernel that never ran would hand back whatever the output memory held.
+    OP_REQUIRES(ctx, error == nullptr,
+                ::tensorflow::errors::Internal(
+                    "DualVoxelBoundary: the CUDA kernel could not run: ", error ? error : "",
+                    " (rebuild vox_tf with an nvcc that targets this GPU, or run the op on "
+                    "the CPU: with tf.device('/CPU:0'))"));
   }
 };
 

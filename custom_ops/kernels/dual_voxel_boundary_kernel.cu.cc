@@ -76,12 +76,13 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 template <>
-void DualVoxelBoundaryFunctor<Eigen::GpuDevice>::operator()(
+const char* DualVoxelBoundaryFunctor<Eigen::GpuDevice>::operator()(
     const Eigen::GpuDevice& device, const bool* occupancy, const bool* mask, int64_t nx,
     int64_t ny, int64_t nz, int8_t* labels, int64_t* counts) {
-  cudaMemsetAsync(counts, 0, 4 * sizeof(int64_t), device.stream());
+  cudaError_t status = cudaMemsetAsync(counts, 0, 4 * sizeof(int64_t), device.stream());
+  if (status != cudaSuccess) return cudaGetErrorString(status);
   const int64_t n = nx * ny * nz;
-  if (n == 0) return;
+  if (n == 0) return nullptr;
   const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535));
   auto* totals = reinterpret_cast<unsigned long long*>(counts);
   // The loop index runs up to n plus one stride: that too must fit the narrow type.
@@ -92,6 +93,9 @@ void DualVoxelBoundaryFunctor<Eigen::GpuDevice>::operator()(
     DualVoxelBoundaryKernel<int64_t><<<blocks, kThreads, 0, device.stream()>>>(
         occupancy, mask, nx, ny, nz, labels, totals);
   }
+  // A launch fails here, synchronously, when no kernel image suits the GPU.
+  status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }
 
 }  // namespace vox_tf
