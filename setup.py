@@ -64,18 +64,28 @@ def _want_cuda(tf):
 
 
 def _gencode_flags(nvcc, tf):
-    """The GPU targets TensorFlow was built for that this nvcc can still produce."""
-    supported = set(subprocess.run([str(nvcc), "--list-gpu-code"], capture_output=True,
-                                   text=True, check=True).stdout.split())
-    supported |= set(subprocess.run([str(nvcc), "--list-gpu-arch"], capture_output=True,
-                                    text=True, check=True).stdout.split())
+    """The GPU targets TensorFlow was built for that this nvcc can still produce.
+
+    Where it can no longer produce some (nvcc 13 dropped sm_60 and sm_70 of TensorFlow 2.21's
+    list), PTX of the oldest architecture it still knows is added: the driver compiles it for
+    any GPU from there up, so a T4 (sm_75) is not left without a kernel it can run.
+    """
+    def listed(option):
+        return subprocess.run([str(nvcc), option], capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    codes, archs = set(listed("--list-gpu-code")), listed("--list-gpu-arch")
+    targets = tf.sysconfig.get_build_info()["cuda_compute_capabilities"]
     flags = []
-    for target in tf.sysconfig.get_build_info()["cuda_compute_capabilities"]:
+    for target in targets:
         virtual = "compute_" + target.split("_")[1]
-        if target in supported and virtual in supported:
+        if (target in codes or target in archs) and virtual in archs:
             flags.append(f"-gencode=arch={virtual},code={target}")
     if not flags:
         sys.exit(f"{nvcc} can build none of TensorFlow's GPU targets; set VOX_TF_CUDA=0")
+    if len(flags) < len(targets):
+        oldest = min(archs, key=lambda arch: int("".join(filter(str.isdigit, arch))))
+        flags.append(f"-gencode=arch={oldest},code={oldest}")
     return flags
 
 
