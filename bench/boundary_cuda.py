@@ -19,6 +19,7 @@ is a GPU.
 """
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -40,8 +41,8 @@ HARNESS_SOURCE = ROOT / "bench" / "boundary_cuda_harness.cu.cc"
 BUILD = ROOT / "build" / "boundary_cuda"
 # setup.py's flags for the .cu.cc, bar TensorFlow's own and its list of GPU targets.
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-DNDEBUG", "-DGOOGLE_CUDA=1",
-              "-Xcompiler", "-Wno-deprecated-declarations",  # Eigen calls CUDA 13-deprecated API
-              "-gencode=arch=compute_90,code=[sm_90,compute_90]"]
+              "-Xcompiler", "-Wno-deprecated-declarations"]  # Eigen calls CUDA 13-deprecated API
+GENCODE = ["arch=compute_90,code=[sm_90,compute_90]"]
 SMOKE = {"sizes": [], "repeats": 1}
 
 
@@ -54,17 +55,24 @@ def eigen_flags(include):
     return tf.sysconfig.get_compile_flags()
 
 
-def build_harness(kernel, include=None):
-    """Compiles ``kernel`` (a .cu.cc) into its own harness under build/boundary_cuda/."""
+def build_harness(kernel, include=None, gencode=GENCODE):
+    """Compiles ``kernel`` (a .cu.cc) into its own harness under build/boundary_cuda/.
+
+    The harness is named for the kernel's path, and for its GPU targets when they are not
+    ``GENCODE``'s (``["arch=compute_80,code=sm_80"]``: ``..._sm_80``).
+    """
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         sys.exit("error: nvcc not found on PATH: the harness cannot be built here")
     kernel = Path(kernel).resolve()
     name = str(kernel.relative_to(ROOT) if kernel.is_relative_to(ROOT) else kernel.name)
-    output = BUILD / name.removesuffix(".cu.cc").replace("/", "_")
+    targets = "" if gencode == GENCODE else "_" + "_".join(
+        re.sub(r"[^\w]+", "_", g.split("code=")[1]).strip("_") for g in gencode)
+    output = BUILD / (name.removesuffix(".cu.cc").replace("/", "_") + targets)
     output.parent.mkdir(parents=True, exist_ok=True)
-    command = [nvcc, *NVCC_FLAGS, *eigen_flags(include), f"-I{KERNEL.parent}", "-x", "cu",
-               str(kernel), str(HARNESS_SOURCE), "-o", str(output)]
+    command = [nvcc, *NVCC_FLAGS, *(f"-gencode={g}" for g in gencode), *eigen_flags(include),
+               f"-I{KERNEL.parent}", "-x", "cu", str(kernel), str(HARNESS_SOURCE), "-o",
+               str(output)]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     print(f"built {output.relative_to(ROOT)} from {name}", flush=True)
@@ -150,12 +158,15 @@ def main(argv=None):
                         help="already built harnesses (skips building)")
     parser.add_argument("--include", help="directory holding Eigen/ and unsupported/ "
                                           "(default: TensorFlow's include directory)")
+    parser.add_argument("--gencode", nargs="+", default=GENCODE,
+                        help="nvcc -gencode values (default: %(default)s)")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024])
     parser.add_argument("--repeats", type=int, default=20)
     args = parse_args(parser, SMOKE, argv)
 
-    harnesses = args.harness or [build_harness(k, args.include) for k in args.kernel]
+    harnesses = args.harness or [build_harness(k, args.include, args.gencode)
+                                  for k in args.kernel]
     if args.build_only:
         return
     gpu = gpu_name()
