@@ -13,8 +13,8 @@ enum DualVoxelLabel : int8_t { kOutside = 0, kInside = 1, kOuterBoundary = 2, kI
 // could not be started (a GPU the kernel was not built for, say).
 template <typename Device>
 struct DualVoxelBoundaryFunctor {
-  const char* operator()(const Device& device, const bool* occupancy, const bool* mask, int64_t nx,
-                  int64_t ny, int64_t nz, int8_t* labels, int64_t* counts);
+  const char* operator()(const Device& device, const bool* occupancy, const bool* mask,
+                         int64_t nx, int64_t ny, int64_t nz, int8_t* labels, int64_t* counts);
 };
 
 }  // namespace vox_tf
