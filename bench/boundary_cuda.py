@@ -31,7 +31,6 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import parse_args  # noqa: E402
 from reference_ops import boundary_reference  # noqa: E402
