@@ -15,14 +15,23 @@ Wrong voxels of the fine stage after 30 epochs, Dense kernels rounded and the re
 against every weight rounded (4 / 5 / 6 bits): bunny 128^3 (runs/b0, 0 in float32) 1,808 / 284
 / 2 against 2,479 / 639 / 17; teapot 128^3 (0) 150 / 0 / 0 against 442 / 21 / 0;
 3DSMaxExport 128^3 64 / 10 / 4 against 143 / 18 / 7.
+
+A kernel weight that moves by one level at most cannot undo 4 bits at 256^3: thousands of
+wrong voxels stay. :func:`train_quantized` trains every weight, kernels included, at its levels
+for hundreds of epochs first (quantization-aware training, straight-through, LSQ scales), and
+the fine-tuning then starts from its weights.
 """
+
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from vox_tf.files import atomic_output
 from vox_tf.quantization import (DEFAULT_EXTRA_BITS, SCALE_STEPS_PER_OCTAVE, channel_scales,
                                  dense_layers, max_level, scales_from_exponents, weight_bits)
+from vox_tf.training_callbacks import cosine_decay
 
 ROUNDING_STRETCH = (-0.1, 1.1)
 """AdaRound's rectified sigmoid spans this interval before clipping to [0, 1], so that a
@@ -37,6 +46,11 @@ ROUNDING_WARMUP = 0.2
 ROUNDING_SHARPNESS = (20.0, 2.0)
 """The push's exponent beta, lowered linearly after the warm-up: at 20 only roundings near
 0.5 feel it, at 2 all do."""
+QAT_FINAL_RATE = 1e-2
+"""Where :func:`train_quantized`'s cosine ends, as a share of its first rate."""
+QAT_EVALUATE_EVERY = 10
+"""Epochs between :func:`train_quantized`'s judgements: one of the whole grid costs about an
+epoch at 256^3."""
 
 
 def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, scale_rate,
@@ -81,10 +95,7 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
         ...                    3e-3, 1e-2)
         {'wrong_voxels_plain': 14073, 'wrong_voxels': 4425, 'epoch': 30}
     """
-    if scale_weights is None:
-        scale_weights = [np.asarray(w) for w in model.weights]
-    settings = {id(w): (b, scaled) for w, b, scaled
-                in zip(model.weights, weight_bits(model, bits, extra_bits), scale_weights)}
+    settings = _settings(model, bits, extra_bits, scale_weights)
     kernels = [layer.kernel for layer in dense_layers(model)]
     # The output kernel keeps rounding to nearest and the rest learn around it: one of its
     # weights half-rounded moves every logit, so the soft-rounded net the loss sees was far
@@ -96,30 +107,123 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
                  for w in model.trainable_weights]
     roundings = [q for q in quantized if isinstance(q, _Rounding) and q.learned]
     floats = [q for q in quantized if isinstance(q, _StraightThrough)]
-
-    def judge():
-        # h starts where rounding to nearest puts it, so the first judgement is the plain file
-        for variable, weight in zip(model.trainable_weights, quantized):
-            variable.assign(weight.weights(hard=True))
-        return data.evaluate(model, with_chamfer=False)["wrong_voxels"]
-
-    best_wrong = plain_wrong = judge()
-    best, best_epoch = model.get_weights(), 0
+    groups = [(rounding_rate, [q.variable for q in roundings]),
+              (weight_rate, [q.variable for q in floats]),
+              (scale_rate, [q.scales.exponent for q in floats]),
+              (kernel_scale_rate,
+               [q.scales.exponent for q in quantized if isinstance(q, _Rounding)])]
     steps = int(data.dataset.cardinality()) * epochs
     warmup = int(ROUNDING_WARMUP * steps)
-    rates = [rounding_rate, weight_rate, scale_rate, kernel_scale_rate]
-    optimizers = [keras.optimizers.Adam(rate) for rate in rates]
-    loss_fn = keras.losses.BinaryCrossentropy()
-    groups = [[q.variable for q in roundings], [q.variable for q in floats],
-              [q.scales.exponent for q in floats],
-              [q.scales.exponent for q in quantized if isinstance(q, _Rounding)]]
     push = tf.Variable(0.0, trainable=False)
     sharpness = tf.Variable(ROUNDING_SHARPNESS[0], trainable=False)
+
+    def before_step(done):
+        progress = max(0.0, (done - warmup) / max(steps - warmup, 1))
+        push.assign(float(done >= warmup))
+        sharpness.assign(ROUNDING_SHARPNESS[0]
+                         + progress * (ROUNDING_SHARPNESS[1] - ROUNDING_SHARPNESS[0]))
+
+    def penalty():
+        undecided = tf.add_n([r.undecided(sharpness) for r in roundings] or [0.0])
+        return push * ROUNDING_WEIGHT * undecided
+
+    return _fit(model, data, quantized, groups, epochs, evaluate_every or 1, bar, before_step,
+                penalty if roundings else None)
+
+
+def train_quantized(model, data, bits, epochs, weight_rate, scale_rate,
+                    evaluate_every=QAT_EVALUATE_EVERY, extra_bits=DEFAULT_EXTRA_BITS,
+                    scale_weights=None, bar=None, checkpoint=None):
+    """Trains every weight of ``model`` in the forward pass at its k-bit levels (quantization-
+    aware training: straight-through gradients, learned scales); leaves ``model`` holding the
+    best k-bit weights judged.
+
+    Unlike :func:`finetune_quantized`, whose kernel weights move by one level at most, the
+    weights here can go anywhere, and the net learns around its levels over hundreds of
+    epochs; Adam's rate for the weights follows a cosine from ``weight_rate`` to
+    QAT_FINAL_RATE of it. Run it first and :func:`finetune_quantized` on its result.
+    ``data``'s error focus follows the quantized net's errors, as in training.
+
+    Args:
+        model, data, bits, extra_bits, scale_weights, bar: as :func:`finetune_quantized`.
+        epochs: passes over data.dataset (0: plain quantization).
+        weight_rate: Adam's first rate for every weight.
+        scale_rate: Adam's, for the exponents of every tensor's scales.
+        evaluate_every: epochs between grid evaluations (and the last epoch).
+        checkpoint: a .npz path where the training's state is kept at each evaluation, and
+            from which an interrupted call with the same arguments goes on (None: not kept).
+            It is removed when the training ends.
+    Returns:
+        dict: as :func:`finetune_quantized`'s.
+
+    Example:
+        >>> train_quantized(fine, fine_stage_data(voxels, coarse, config), 4, 800, 1e-3, 3e-3)
+        {'wrong_voxels_plain': 31031, 'wrong_voxels': 312, 'epoch': 740}
+    """
+    settings = _settings(model, bits, extra_bits, scale_weights)
+    quantized = [_StraightThrough(np.asarray(w), *settings[id(w)])
+                 for w in model.trainable_weights]
+    # the weights' rate: a function of the epoch (from 0), set as each one starts
+    groups = [(cosine_decay(weight_rate, weight_rate * QAT_FINAL_RATE, max(epochs, 1)),
+               [q.variable for q in quantized]),
+              (scale_rate, [q.scales.exponent for q in quantized])]
+    return _fit(model, data, quantized, groups, epochs, evaluate_every, bar, follow_focus=True,
+                checkpoint=checkpoint)
+
+
+def _settings(model, bits, extra_bits, scale_weights):
+    """{id(weight): (bits, float32 array whose plain scales it starts from)}."""
+    if scale_weights is None:
+        scale_weights = [np.asarray(w) for w in model.weights]
+    return {id(w): (b, scaled) for w, b, scaled
+            in zip(model.weights, weight_bits(model, bits, extra_bits), scale_weights)}
+
+
+def _fit(model, data, quantized, groups, epochs, every, bar, before_step=None, penalty=None,
+         follow_focus=False, checkpoint=None):
+    """The loop both fine-tunings share: trains ``groups`` of ``quantized`` (one per
+    trainable weight) on the stage's loss plus ``penalty()``, judges the hard weights every
+    ``every`` epochs, and leaves ``model`` with the best.
+
+    ``groups``: (Adam's rate, or a function of the epoch from 0 giving it; variables) each.
+    ``before_step(steps done)`` runs before each step; ``follow_focus``: each judgement
+    re-aims data's error focus. ``checkpoint``: a .npz path where the whole state is saved at
+    each judgement and resumed from if it exists (removed at the end).
+    """
+    def judge():
+        # the first judgement is the plain file: every weight starts at its nearest level
+        for variable, weight in zip(model.trainable_weights, quantized):
+            variable.assign(weight.weights(hard=True))
+        prediction, metrics = data.judge(model, with_chamfer=False)
+        if follow_focus and data.focus is not None:
+            data.focus.update(prediction)
+        return metrics["wrong_voxels"]
+
+    groups = [(rate, variables) for rate, variables in groups if rate and variables]
+    adams = [keras.optimizers.Adam(rate(0) if callable(rate) else rate) for rate, _ in groups]
+    for adam, (_, variables) in zip(adams, groups):
+        adam.build(variables)
+    state = [v for q in quantized for v in (q.variable, q.scales.exponent)]
+    state += [v for adam in adams for v in adam.variables]
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        with np.load(checkpoint) as saved:
+            for i, variable in enumerate(state):
+                variable.assign(saved[f"state{i}"])
+            best = [saved[f"best{i}"] for i in range(len(model.weights))]
+            start, best_wrong, plain_wrong, best_epoch = saved["progress"].tolist()
+        judge()  # the focus as the last judgement left it
+        if bar is not None:
+            bar.update(start)
+    else:
+        best_wrong = plain_wrong = judge()
+        best, best_epoch = model.get_weights(), 0
+    loss_fn = keras.losses.BinaryCrossentropy()
 
     @tf.function(autograph=False)  # Python conditions on settings only: nothing to convert
     def step(points, labels):
         # The model's layers stay the plain ones the decoder builds: its variables are set to
-        # the soft-rounded weights, and the loss gradient there is carried back by hand.
+        # the quantized weights, and the loss gradient there is carried back by hand.
         with tf.GradientTape(persistent=True) as outer:
             weights = [q.weights() for q in quantized]
             with tf.GradientTape() as inner:
@@ -127,35 +231,41 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
                     variable.assign(value)
                 loss = loss_fn(labels, model(points, training=True))
             gradients = inner.gradient(loss, model.trainable_weights)
-            undecided = tf.add_n([r.undecided(sharpness) for r in roundings] or [0.0])
-        for optimizer, variables, rate in zip(optimizers, groups, rates):
-            if not variables or not rate:
-                continue
+            extra = penalty() if penalty is not None else None
+        for adam, (_, variables) in zip(adams, groups):
             total = outer.gradient(weights, variables, output_gradients=gradients)
-            if variables is groups[0]:
-                pushed = outer.gradient(undecided, variables)
-                total = [g + push * ROUNDING_WEIGHT * p for g, p in zip(total, pushed)]
-            optimizer.apply(total, variables)
+            if extra is not None:
+                pushed = outer.gradient(extra, variables,
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                total = [g + p for g, p in zip(total, pushed)]
+            adam.apply(total, variables)
         return loss
 
-    every = evaluate_every or 1
-    done = 0
-    for epoch in range(1, epochs + 1):
+    done = start * int(data.dataset.cardinality())
+    for epoch in range(start + 1, epochs + 1):
+        for adam, (rate, _) in zip(adams, groups):
+            if callable(rate):
+                adam.learning_rate.assign(rate(epoch - 1))
         for points, labels in data.dataset:
-            progress = max(0.0, (done - warmup) / max(steps - warmup, 1))
-            push.assign(float(done >= warmup))
-            sharpness.assign(ROUNDING_SHARPNESS[0]
-                             + progress * (ROUNDING_SHARPNESS[1] - ROUNDING_SHARPNESS[0]))
+            if before_step is not None:
+                before_step(done)
             step(points, labels)
             done += 1
         if epoch % every == 0 or epoch == epochs:
             wrong = judge()
             if wrong < best_wrong:
                 best_wrong, best, best_epoch = wrong, model.get_weights(), epoch
+            if checkpoint is not None and epoch < epochs:
+                with atomic_output(checkpoint) as tmp:
+                    np.savez(tmp, progress=np.array([epoch, best_wrong, plain_wrong, best_epoch]),
+                             **{f"state{i}": v.numpy() for i, v in enumerate(state)},
+                             **{f"best{i}": w for i, w in enumerate(best)})
         if bar is not None:
             bar.set_postfix({"best wrong voxels": best_wrong}, refresh=False)
             bar.update(1)
     model.set_weights(best)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     return {"wrong_voxels_plain": int(plain_wrong), "wrong_voxels": int(best_wrong),
             "epoch": best_epoch}
 
