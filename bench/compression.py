@@ -43,9 +43,9 @@ def reference_gpcc(grids_dir):
         return {row["name"]: int(row["gpcc_bytes"]) for row in csv.DictReader(f)}
 
 
-def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits):
+def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits, qat_epochs=None):
     """{label: decoded-file figures} at each of ``bits_list`` and the smallest lossless file
-    of ``lossless_bits``."""
+    of ``lossless_bits`` (``qat_epochs``: as vox_tf.pack.pack_run's)."""
     from vox_tf import packed_model
     from vox_tf.pack import decoded_figures, pack_run
 
@@ -53,7 +53,8 @@ def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits):
     with tempfile.TemporaryDirectory() as tmp:
         for lossless, widths in ((False, bits_list), (True, lossless_bits)):
             for bits in widths:
-                blob, sizes, _ = pack_run(run_dir, bits, lossless, finetune_epochs)
+                blob, sizes, _ = pack_run(run_dir, bits, lossless, finetune_epochs,
+                                           qat_epochs=qat_epochs)
                 path = Path(tmp) / f"{bits}{'L' if lossless else ''}.vxz"
                 packed_model.write(path, blob)
                 result = {**decoded_figures(path, voxels), "bits": bits,
@@ -96,7 +97,7 @@ def _cell(size, voxels):
 
 
 def main(argv=None):
-    from vox_tf.pack import FINETUNE_EPOCHS
+    from vox_tf.pack import FINETUNE_EPOCHS, QAT_EPOCHS
     from vox_tf.quantization import BITS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -106,12 +107,15 @@ def main(argv=None):
     parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
                         help=f"quantization-aware fine-tuning epochs of the fine net (default "
                              f"{FINETUNE_EPOCHS}, as vox_tf.pack)")
+    parser.add_argument("--qat-epochs", type=int, default=None,
+                        help="epochs of training at the file's levels before the fine-tuning "
+                             f"(default per bits, as vox_tf.pack: {QAT_EPOCHS})")
     parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
                         help="bits of the lossy files packed (none: lossless files only)")
     parser.add_argument("--lossless-bits", type=int, nargs="*", choices=BITS, default=[5, 4],
                         help="bits of the lossless files packed (the column: the smallest; "
                              "none: lossy files only)")
-    args = parse_args(parser, {"finetune_epochs": 2}, argv)
+    args = parse_args(parser, {"finetune_epochs": 2, "qat_epochs": 2}, argv)
 
     from vox_tf.grid import VoxelGrid
 
@@ -138,7 +142,7 @@ def main(argv=None):
                 print(line)
                 continue
             figures = packed_figures(run_dir, voxels, args.finetune_epochs, args.bits,
-                                     args.lossless_bits)
+                                     args.lossless_bits, args.qat_epochs)
             print(line + "  " + "  ".join(
                 f"{_label(label, f)} {f['bytes']:,} {f['bpov']:.2f} {100 * f['iou']:.3f}"
                 for label, f in figures.items()))

@@ -17,8 +17,8 @@ import pytest
 from scipy import ndimage
 
 import vox_tf
-from vox_tf import (grid_coding, lossless, pack, packed_model, quantization, train, train_config,
-                    weight_coding)
+from vox_tf import (grid_coding, lossless, pack, packed_model, quantization, quantized_finetuning,
+                    stage_training, train, train_config, weight_coding)
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.metrics import iou
 
@@ -52,14 +52,17 @@ def cli(module, *args):
 
 @pytest.fixture(scope="module")
 def packed(run, tmp_path_factory):
-    """{name: path} of files packed by the CLI: 8 bits, 4 bits fine-tuned, 4 bits lossless."""
+    """{name: path} of files packed by the CLI: 8 bits, 4 bits fine-tuned, plainly quantized,
+    lossless, and trained at their levels."""
     run_dir, _, _ = run
     out = tmp_path_factory.mktemp("packed")
     files = {}
     for name, args in (("8", ["--bits", 8, "--finetune-epochs", 2]),
-                       ("4", ["--bits", 4, "--finetune-epochs", 4]),
-                       ("4-plain", ["--bits", 4, "--finetune-epochs", 0]),
-                       ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--lossless"])):
+                       ("4", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0]),
+                       ("4-plain", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0]),
+                       ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0,
+                                       "--lossless"]),
+                       ("4-trained", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 6])):
         path = out / f"{name}.vxz"
         result = cli("pack", run_dir, "-o", path, *args)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -239,9 +242,27 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     for extra in tuned_again:
         assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
-    cached = {(4, default, 4), (8, default, 2), *((4, extra, 4) for extra in tuned_again)}
+    cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, 6),
+              *((4, extra, 4, 0) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
-        pack.finetune_cache_name(bits, extra, epochs) for bits, extra, epochs in cached)
+        pack.finetune_cache_name(*settings) for settings in cached)
+
+
+def test_training_at_the_levels_beats_quantizing_and_the_file_holds_what_it_judged(run, packed):
+    _, _, voxels = run
+    plain = pack.decoded_figures(packed["4-plain"], voxels)["wrong_voxels"]
+    kept = re.search(r"4-bit training kept epoch (\d+): ([\d,]+) wrong voxels \(([\d,]+) plainly",
+                     packed["4-trained stderr"])
+    assert kept, packed["4-trained stderr"][-2000:]
+    assert "6 epochs of 4-bit training, then 0 epochs" in packed["4-trained stderr"]
+    assert "4-bit training: 100%" in packed["4-trained stderr"]  # it showed its progress
+    # it started from the plain file, and its weights moved anywhere, not one level, to
+    # leave at most a quarter of the plain file's wrong voxels (this model: 38 -> 0)
+    assert int(kept.group(3).replace(",", "")) == plain
+    trained = int(kept.group(2).replace(",", ""))
+    assert trained <= plain / 4, (plain, trained)
+    # its k-bit weights are what the packer quantizes again: the file is what was judged
+    assert pack.decoded_figures(packed["4-trained"], voxels)["wrong_voxels"] == trained
 
 
 def _learned_rounding(decoded, weights, plain_scales, top):
@@ -264,6 +285,48 @@ def _learned_rounding(decoded, weights, plain_scales, top):
         else:
             return None
     return levels.reshape(weights.shape)
+
+
+class _InterruptAfter:
+    """A progress bar that stops the training at its ``n``-th epoch, as Ctrl-C would."""
+
+    def __init__(self, n=None):
+        self.n, self.updates = n, []
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def update(self, steps):
+        self.updates.append(steps)
+        if len(self.updates) == self.n:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_training_at_the_levels_goes_on_from_its_last_judgement(run, tmp_path):
+    run_dir, _, voxels = run
+    model = vox_tf.load(run_dir)
+    config = train_config.TrainConfig(
+        **json.loads((run_dir / "config.json").read_text())["config"])
+    data = stage_training.fine_stage_data(voxels, model.coarse, config)
+    checkpoint = tmp_path / "state.npz"
+    fine = model.fine
+    start = [np.asarray(w) for w in fine.weights]
+    with pytest.raises(KeyboardInterrupt):  # in epoch 3, after the judgement of epoch 2
+        quantized_finetuning.train_quantized(fine, data, 4, 6, 1e-3, 3e-3, evaluate_every=2,
+                                             bar=_InterruptAfter(3), checkpoint=checkpoint)
+    assert checkpoint.exists()
+    plain = quantized_finetuning.train_quantized(
+        vox_tf.load(run_dir).fine, data, 4, 0, 1e-3, 3e-3)["wrong_voxels_plain"]
+    fine.set_weights(start)  # what a new process starts from
+    bar = _InterruptAfter()
+    outcome = quantized_finetuning.train_quantized(fine, data, 4, 6, 1e-3, 3e-3,
+                                                   evaluate_every=2, bar=bar,
+                                                   checkpoint=checkpoint)
+    # it went on at epoch 3 with the first call's plain figure, and cleaned up after itself
+    assert bar.updates == [2, 1, 1, 1, 1]
+    assert outcome["wrong_voxels_plain"] == plain
+    assert outcome["wrong_voxels"] <= plain and not checkpoint.exists()
+    assert data.evaluate(fine, with_chamfer=False)["wrong_voxels"] == outcome["wrong_voxels"]
 
 
 def test_finetuning_rounds_kernels_up_or_down_and_learns_scales(run, packed):

@@ -4,17 +4,18 @@
 
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
-(vox_tf.quantization), fine-tuned (vox_tf.quantized_finetuning: the Dense kernels' rounding
+(vox_tf.quantization), trained at its levels for --qat-epochs (QAT_EPOCHS: 4-bit files only,
+by default), fine-tuned (vox_tf.quantized_finetuning: the Dense kernels' rounding
 learned up or down per weight, tri-planes and biases trained at their levels) for
---finetune-epochs (default 30; none for a run without its voxels), and written with
+--finetune-epochs (default 30; neither for a run without its voxels), and written with
 vox_tf.packed_model beside the coarse net's occupancy grid; --lossless adds the voxels the file
 still gets wrong (vox_tf.lossless) so it decodes to exactly the input grid. The ground truth is
 the run's voxels.npz (or --voxel for runs older than it).
 
 Fine-tuning is kept in the run directory once it finishes::
 
-    quantized/<bits>bit_x<a>p<b>_<epochs>ep_rounding_lr<r>_ste_lr<r>_scale_lr<r>_kernel_scale_lr<r>
-        _fine_v<q>.npz  (one name)
+    quantized/<bits>bit_x<a>p<b>_[qat<epochs>ep_lr<r>_]<epochs>ep_rounding_lr<r>_ste_lr<r>
+        _scale_lr<r>_kernel_scale_lr<r>_fine_v<q>.npz  (one name)
 
 (a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
 ExtraBits; r: the fine-tuning's rates; q: the quantizer's version), so packing again (say with
@@ -40,13 +41,27 @@ from vox_tf.grid import VoxelGrid
 from vox_tf.hierarchy import METADATA_FILE, HierarchicalReconstructor
 from vox_tf.metrics import grid_metrics
 from vox_tf.quantization import BITS, DEFAULT_EXTRA_BITS, ExtraBits
-from vox_tf.quantized_finetuning import finetune_quantized
+from vox_tf.quantized_finetuning import finetune_quantized, train_quantized
 from vox_tf.run_layout import CONFIG_FILE, MODEL_DIR, RUN_FILE
 
 VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
+QAT_EPOCHS = {8: 0, 6: 0, 5: 0, 4: 800}
+"""Per file bits, epochs of quantization-aware training (vox_tf.quantized_finetuning.
+train_quantized) before the fine-tuning. At 4 bits the fine-tuning alone, whose kernel weights
+move by one level at most, is left with thousands of wrong voxels at 256^3; training the net at
+its levels takes most of them away, but slowly (mgn10_125611516241372_TShirtNoCoat 256^3,
+128:relu x3, 8 wrong voxels in float32, 4 bits: fine-tuning alone 3,578; after 200 epochs of
+training 2,147, after 800 epochs 180; 1.2 s an epoch on 2 cores). Fewer bits lose far less
+(6 bits: 78 wrong voxels after the fine-tuning alone), so they skip it."""
+TRAINING_STATE_SUFFIX = ".training.npz"
+"""Beside a fine-tuning's cache file while its quantization-aware training runs: the state an
+interrupted pack goes on from."""
+QAT_WEIGHT_LR = 1e-3
+"""Adam's first rate for the weights in the quantization-aware training (a cosine down to
+1 % of it): the float stage's own first rate."""
 FINETUNE_ROUNDING_LR = 3e-2
 """Adam's rate for the Dense kernels' rounding variables (vox_tf.quantized_finetuning.
 finetune_quantized). At 1e-1 the five-hidden-layer net of mgn10_125611504997669_LongCoat 256^3
@@ -137,10 +152,10 @@ def ground_truth(directory, voxel_path=None):
     return VoxelGrid.load(path)
 
 
-def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS):
+def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qat_epochs=0):
     """The run's reconstructor with its fine network quantized to ``bits`` (the first Dense
-    kernel and the tri-plane lattices ``extra_bits`` more), fine-tuned ``epochs`` in the
-    float32 coarse net's mask (the one the file stores).
+    kernel and the tri-plane lattices ``extra_bits`` more), trained ``qat_epochs`` at its
+    levels and fine-tuned ``epochs`` in the float32 coarse net's mask (the one the file stores).
 
     The result is cached in DIR/quantized/ (atomically) and reused.
     """
@@ -149,34 +164,46 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS):
 
     directory = Path(directory)
     reconstructor = HierarchicalReconstructor.load(directory)
-    if epochs == 0:
+    if epochs == 0 and qat_epochs == 0:
         return reconstructor
     if voxels.resolution != reconstructor.resolution:
         raise MeshError(voxels.source, f"resolution {voxels.resolution} is not the model's "
                                        f"{reconstructor.resolution}")
     config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
-    cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs)
+    cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs, qat_epochs)
     if cache.exists():
         with np.load(cache) as saved:
             reconstructor.fine.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
         return reconstructor
-    print(f"fine stage: {epochs} epochs of {bits}-bit fine-tuning (first layer "
+    data = fine_stage_data(voxels, reconstructor.coarse, config)
+    training = f"{qat_epochs} epochs of {bits}-bit training, then " if qat_epochs else ""
+    print(f"fine stage: {training}{epochs} epochs of {bits}-bit fine-tuning (first layer "
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
           file=sys.stderr)
-    with progress_bar(1, epochs, f"{bits}-bit fine-tuning", "epoch") as bar:
-        outcome = finetune_quantized(
-            reconstructor.fine, fine_stage_data(voxels, reconstructor.coarse, config), bits,
-            epochs, FINETUNE_ROUNDING_LR, FINETUNE_WEIGHT_LR[bits], FINETUNE_SCALE_LR,
-            FINETUNE_KERNEL_SCALE_LR[bits], extra_bits=extra_bits,
-            scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar)
-    print(finetune_outcome(outcome, bits), file=sys.stderr)
+    if qat_epochs:
+        with progress_bar(1, qat_epochs, f"{bits}-bit training", "epoch") as bar:
+            outcome = train_quantized(
+                reconstructor.fine, data, bits, qat_epochs, QAT_WEIGHT_LR, FINETUNE_SCALE_LR,
+                extra_bits=extra_bits,
+                scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar,
+                checkpoint=cache.with_name(cache.stem + TRAINING_STATE_SUFFIX))
+        print(finetune_outcome(outcome, bits, "training"), file=sys.stderr)
+    if epochs:
+        with progress_bar(1, epochs, f"{bits}-bit fine-tuning", "epoch") as bar:
+            outcome = finetune_quantized(
+                reconstructor.fine, data, bits, epochs, FINETUNE_ROUNDING_LR,
+                FINETUNE_WEIGHT_LR[bits], FINETUNE_SCALE_LR, FINETUNE_KERNEL_SCALE_LR[bits],
+                extra_bits=extra_bits,
+                scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar)
+        print(finetune_outcome(outcome, bits), file=sys.stderr)
     with atomic_output(cache) as tmp:
         np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})
     return reconstructor
 
 
-def finetune_outcome(outcome, bits):
-    """One line on what the fine-tuning kept, from finetune_quantized's dict.
+def finetune_outcome(outcome, bits, what="fine-tuning"):
+    """One line on what the fine-tuning (or the training, ``what``) kept, from the dict of
+    finetune_quantized (train_quantized).
 
     A user sees when no epoch beat rounding to nearest: the file then holds the plain
     quantization (mgn10_125611504997669_LongCoat 256^3 at 4 bits, 28,699 wrong voxels, when
@@ -187,27 +214,31 @@ def finetune_outcome(outcome, bits):
         'fine stage: 4-bit fine-tuning kept epoch 30: 1,808 wrong voxels (7,438 plainly quantized)'
     """
     if outcome["epoch"] == 0:
-        return (f"fine stage: no epoch of {bits}-bit fine-tuning beat the plain quantization "
-                f"({outcome['wrong_voxels_plain']:,} wrong voxels), which the file keeps")
-    return (f"fine stage: {bits}-bit fine-tuning kept epoch {outcome['epoch']}: "
+        return (f"fine stage: no epoch of {bits}-bit {what} beat the plain quantization "
+                f"({outcome['wrong_voxels_plain']:,} wrong voxels): it is kept")
+    return (f"fine stage: {bits}-bit {what} kept epoch {outcome['epoch']}: "
             f"{outcome['wrong_voxels']:,} wrong voxels ({outcome['wrong_voxels_plain']:,} "
             "plainly quantized)")
 
 
-def finetune_cache_name(bits, extra_bits, epochs):
+def finetune_cache_name(bits, extra_bits, epochs, qat_epochs=0):
     """File name, in RUN_DIR/quantized/, of the weights fine-tuned with these settings.
 
     Example:
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
         '8bit_x2p4_30ep_rounding_lr0.03_ste_lr0.0001_scale_lr0.003_kernel_scale_lr0_fine_v4.npz'
+        >>> finetune_cache_name(4, DEFAULT_EXTRA_BITS, 30, 800)[:40]
+        '4bit_x2p4_qat800ep_lr0.001_30ep_roundin'
     """
-    return (f"{bits}bit_{extra_bits.name}_{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
+    qat = f"qat{qat_epochs}ep_lr{QAT_WEIGHT_LR:g}_" if qat_epochs else ""
+    return (f"{bits}bit_{extra_bits.name}_{qat}{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
             f"_ste_lr{FINETUNE_WEIGHT_LR[bits]:g}_scale_lr{FINETUNE_SCALE_LR:g}"
             f"_kernel_scale_lr{FINETUNE_KERNEL_SCALE_LR[bits]:g}"
             f"_fine_v{QUANTIZER_VERSION}.npz")
 
 
-def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_path=None):
+def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_path=None,
+             qat_epochs=None):
     """Packs a run's model; returns (file bytes, sizes dict, ground truth VoxelGrid or None).
 
     Args:
@@ -217,6 +248,8 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         finetune_epochs: quantization-aware epochs of the fine net (None: FINETUNE_EPOCHS, or 0
             when the run has no voxels.npz and no voxel_path is given).
         voxel_path: the input grid, for runs without voxels.npz.
+        qat_epochs: epochs of training the fine net at its levels before the fine-tuning
+            (None: QAT_EPOCHS[bits], or 0 without voxels).
     Returns:
         (bytes, sizes as vox_tf.packed_model.pack gives plus residual_list /
         residual_probabilities when lossless, float32_iou (the run's float32 model's IoU as
@@ -230,18 +263,20 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
     try:
         voxels = ground_truth(directory, voxel_path)
     except MeshError as err:
-        if lossless_mode or finetune_epochs:
+        if lossless_mode or finetune_epochs or qat_epochs:
             raise
         print(f"note: {err}; packing without fine-tuning", file=sys.stderr)
-        voxels, finetune_epochs = None, 0
+        voxels, finetune_epochs, qat_epochs = None, 0, 0
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
+    qat_epochs = QAT_EPOCHS[bits] if qat_epochs is None else qat_epochs
     if not lossless_mode:
-        reconstructor = finetuned(directory, bits, epochs, voxels)
+        reconstructor = finetuned(directory, bits, epochs, voxels, qat_epochs=qat_epochs)
         blob, sizes = packed_model.pack(reconstructor, bits)
         sizes["float32_iou"] = reconstructor.metrics.get("iou")
         return blob, sizes, voxels
     truth = voxels.dense()
-    files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra), bits, extra, truth)
+    files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra, qat_epochs), bits,
+                            extra, truth)
              for extra in LOSSLESS_EXTRA_BITS]
     blob, sizes = min(files, key=lambda file: len(file[0]))
     return blob, sizes, voxels
@@ -292,8 +327,12 @@ def _parser():
     p.add_argument("--lossless", action="store_true",
                    help="add the wrong voxels: the file decodes to exactly the input grid")
     p.add_argument("--finetune-epochs", type=int, default=None,
-                   help=f"quantization-aware epochs of the fine net (default {FINETUNE_EPOCHS}; "
-                        "0: quantize only)")
+                   help=f"epochs of fine-tuning the fine net's k-bit weights (default "
+                        f"{FINETUNE_EPOCHS}; 0 and --qat-epochs 0: quantize only)")
+    p.add_argument("--qat-epochs", type=int, default=None,
+                   help="epochs of training the fine net at its levels before the fine-tuning "
+                        "(default per --bits: " + ", ".join(
+                            f"{bits}: {epochs}" for bits, epochs in QAT_EPOCHS.items()) + ")")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p
 
@@ -303,10 +342,12 @@ def main(argv=None) -> int:
     try:
         if args.output.suffix != packed_model.SUFFIX:
             raise MeshError(args.output, f"a packed model's name must end in {packed_model.SUFFIX}")
-        if args.finetune_epochs is not None and args.finetune_epochs < 0:
-            raise MeshError(args.run_dir, "--finetune-epochs must be >= 0")
+        for flag, value in (("--finetune-epochs", args.finetune_epochs),
+                            ("--qat-epochs", args.qat_epochs)):
+            if value is not None and value < 0:
+                raise MeshError(args.run_dir, f"{flag} must be >= 0")
         blob, sizes, voxels = pack_run(args.run_dir, args.bits, args.lossless,
-                                       args.finetune_epochs, args.voxel)
+                                       args.finetune_epochs, args.voxel, args.qat_epochs)
         packed_model.write(args.output, blob)
     except MeshError as err:
         print(f"error: {err}", file=sys.stderr)
