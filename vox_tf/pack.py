@@ -52,7 +52,7 @@ QAT_EPOCHS = {8: 0, 6: 0, 5: 0, 4: 800}
 """Per file bits, epochs of quantization-aware training (vox_tf.quantized_finetuning.
 train_quantized) before the fine-tuning. At 4 bits the fine-tuning alone, whose kernel weights
 move by one level at most, leaves thousands of wrong voxels; training the net at its levels
-first takes a third to nearly all of them away, for 5-15 % more bytes (the levels spread out),
+first takes a third to nearly all of them away, for 6-15 % more bytes (the levels spread out),
 and slowly: about an epoch of the float training each (~18 min at 256^3 for the 128:relu x3
 net below, ~4 min at 128^3 for bunny's, 2 cores). Decoded
 4-bit files, wrong voxels with and without it (float32 in brackets):
