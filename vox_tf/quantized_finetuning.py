@@ -107,7 +107,8 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
                  for w in model.trainable_weights]
     roundings = [q for q in quantized if isinstance(q, _Rounding) and q.learned]
     floats = [q for q in quantized if isinstance(q, _StraightThrough)]
-    groups = [(rounding_rate, [q.variable for q in roundings]),
+    rounding_variables = [q.variable for q in roundings]
+    groups = [(rounding_rate, rounding_variables),
               (weight_rate, [q.variable for q in floats]),
               (scale_rate, [q.scales.exponent for q in floats]),
               (kernel_scale_rate,
@@ -128,7 +129,7 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
         return push * ROUNDING_WEIGHT * undecided
 
     return _fit(model, data, quantized, groups, epochs, evaluate_every or 1, bar, before_step,
-                penalty if roundings else None)
+                (penalty, rounding_variables) if roundings else None)
 
 
 def train_quantized(model, data, bits, epochs, weight_rate, scale_rate,
@@ -182,8 +183,9 @@ def _settings(model, bits, extra_bits, scale_weights):
 def _fit(model, data, quantized, groups, epochs, every, bar, before_step=None, penalty=None,
          follow_focus=False, checkpoint=None):
     """The loop both fine-tunings share: trains ``groups`` of ``quantized`` (one per
-    trainable weight) on the stage's loss plus ``penalty()``, judges the hard weights every
-    ``every`` epochs, and leaves ``model`` with the best.
+    trainable weight) on the stage's loss, judges the hard weights every ``every`` epochs, and
+    leaves ``model`` with the best. ``penalty``: (function giving a scalar, the variables list
+    of the one group it is added to the loss for), or None.
 
     ``groups``: (Adam's rate, or a function of the epoch from 0 giving it; variables) each.
     ``before_step(steps done)`` runs before each step; ``follow_focus``: each judgement
@@ -231,13 +233,11 @@ def _fit(model, data, quantized, groups, epochs, every, bar, before_step=None, p
                     variable.assign(value)
                 loss = loss_fn(labels, model(points, training=True))
             gradients = inner.gradient(loss, model.trainable_weights)
-            extra = penalty() if penalty is not None else None
+            extra = penalty[0]() if penalty is not None else None
         for adam, (_, variables) in zip(adams, groups):
             total = outer.gradient(weights, variables, output_gradients=gradients)
-            if extra is not None:
-                pushed = outer.gradient(extra, variables,
-                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                total = [g + p for g, p in zip(total, pushed)]
+            if extra is not None and variables is penalty[1]:
+                total = [g + p for g, p in zip(total, outer.gradient(extra, variables))]
             adam.apply(total, variables)
         return loss
 
