@@ -53,7 +53,7 @@ def cli(module, *args):
 @pytest.fixture(scope="module")
 def packed(run, tmp_path_factory):
     """{name: path} of files packed by the CLI: 8 bits, 4 bits fine-tuned, plainly quantized,
-    lossless, and trained at their levels."""
+    lossless, trained at their levels, and trained then fine-tuned."""
     run_dir, _, _ = run
     out = tmp_path_factory.mktemp("packed")
     files = {}
@@ -62,7 +62,9 @@ def packed(run, tmp_path_factory):
                        ("4-plain", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0]),
                        ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0,
                                        "--lossless"]),
-                       ("4-trained", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 6])):
+                       ("4-trained", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 6]),
+                       ("4-trained-tuned",
+                        ["--bits", 4, "--finetune-epochs", 2, "--qat-epochs", 6])):
         path = out / f"{name}.vxz"
         result = cli("pack", run_dir, "-o", path, *args)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -242,7 +244,7 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     for extra in tuned_again:
         assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
-    cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, 6),
+    cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, 6), (4, default, 2, 6),
               *((4, extra, 4, 0) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
         pack.finetune_cache_name(*settings) for settings in cached)
@@ -263,6 +265,12 @@ def test_training_at_the_levels_beats_quantizing_and_the_file_holds_what_it_judg
     assert trained <= plain / 4, (plain, trained)
     # its k-bit weights are what the packer quantizes again: the file is what was judged
     assert pack.decoded_figures(packed["4-trained"], voxels)["wrong_voxels"] == trained
+    # a fine-tuning with other epochs starts from the kept training instead of training again,
+    # and never does worse than it
+    tuned = packed["4-trained-tuned stderr"]
+    assert "4-bit training reused from" in tuned and "4-bit training:" not in tuned, tuned
+    assert "4-bit fine-tuning kept epoch" in tuned or "beat the plain quantization" in tuned
+    assert pack.decoded_figures(packed["4-trained-tuned"], voxels)["wrong_voxels"] <= trained
 
 
 def _learned_rounding(decoded, weights, plain_scales, top):

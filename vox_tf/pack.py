@@ -17,6 +17,9 @@ Fine-tuning is kept in the run directory once it finishes::
     quantized/<bits>bit_x<a>p<b>_[qat<epochs>ep_lr<r>_]<epochs>ep_rounding_lr<r>_ste_lr<r>
         _scale_lr<r>_kernel_scale_lr<r>_fine_v<q>.npz  (one name)
 
+and the training at the levels, before it, as quantized/<bits>bit_x<a>p<b>_qat<epochs>ep_lr<r>
+_scale_lr<r>_fine_v<q>.npz (its state while it runs: .training.npz beside it)
+
 (a, b: the first Dense kernel's and the tri-plane lattices' extra bits, vox_tf.quantization.
 ExtraBits; r: the fine-tuning's rates; q: the quantizer's version), so packing again (say with
 --lossless) reuses it. The quantizer's version and the fine-tuning's method are in the name:
@@ -175,9 +178,7 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
                                        f"{reconstructor.resolution}")
     config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
     cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs, qat_epochs)
-    if cache.exists():
-        with np.load(cache) as saved:
-            reconstructor.fine.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
+    if _load_cached(reconstructor, cache):
         return reconstructor
     data = fine_stage_data(voxels, reconstructor.coarse, config)
     training = f"{qat_epochs} epochs of {bits}-bit training, then " if qat_epochs else ""
@@ -185,13 +186,20 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
           file=sys.stderr)
     if qat_epochs:
-        with progress_bar(1, qat_epochs, f"{bits}-bit training", "epoch") as bar:
-            outcome = train_quantized(
-                reconstructor.fine, data, bits, qat_epochs, QAT_WEIGHT_LR, FINETUNE_SCALE_LR,
-                extra_bits=extra_bits,
-                scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar,
-                checkpoint=cache.with_name(cache.stem + TRAINING_STATE_SUFFIX))
-        print(finetune_outcome(outcome, bits, "training"), file=sys.stderr)
+        trained = cache.with_name(finetune_cache_name(bits, extra_bits, 0, qat_epochs))
+        if _load_cached(reconstructor, trained):
+            print(f"fine stage: {bits}-bit training reused from {trained}", file=sys.stderr)
+        else:
+            with progress_bar(1, qat_epochs, f"{bits}-bit training", "epoch") as bar:
+                outcome = train_quantized(
+                    reconstructor.fine, data, bits, qat_epochs, QAT_WEIGHT_LR,
+                    FINETUNE_SCALE_LR, extra_bits=extra_bits,
+                    scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar,
+                    checkpoint=trained.with_name(trained.stem + TRAINING_STATE_SUFFIX))
+            print(finetune_outcome(outcome, bits, "training"), file=sys.stderr)
+            _save_cached(reconstructor, trained)
+        # the fine-tuning draws where the trained weights err, whether trained now or before
+        data.aim_focus(reconstructor.fine)
     if epochs:
         with progress_bar(1, epochs, f"{bits}-bit fine-tuning", "epoch") as bar:
             outcome = finetune_quantized(
@@ -200,9 +208,22 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
                 extra_bits=extra_bits,
                 scale_weights=packed_model.fine_weights_as_packed(reconstructor), bar=bar)
         print(finetune_outcome(outcome, bits), file=sys.stderr)
+        _save_cached(reconstructor, cache)
+    return reconstructor
+
+
+def _load_cached(reconstructor, cache):
+    """Sets the fine net's weights from ``cache`` if it exists; says whether it did."""
+    if not cache.exists():
+        return False
+    with np.load(cache) as saved:
+        reconstructor.fine.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
+    return True
+
+
+def _save_cached(reconstructor, cache):
     with atomic_output(cache) as tmp:
         np.savez(tmp, **{f"w{i}": w for i, w in enumerate(reconstructor.fine.get_weights())})
-    return reconstructor
 
 
 def finetune_outcome(outcome, bits, what="fine-tuning"):
@@ -226,15 +247,22 @@ def finetune_outcome(outcome, bits, what="fine-tuning"):
 
 
 def finetune_cache_name(bits, extra_bits, epochs, qat_epochs=0):
-    """File name, in RUN_DIR/quantized/, of the weights fine-tuned with these settings.
+    """File name, in RUN_DIR/quantized/, of the weights fine-tuned with these settings. With
+    ``qat_epochs`` and no fine-tuning it names the training's weights, which are kept too: a
+    fine-tuning interrupted, or run again with other epochs, starts from them.
 
     Example:
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
         '8bit_x2p4_30ep_rounding_lr0.03_ste_lr0.0001_scale_lr0.003_kernel_scale_lr0_fine_v4.npz'
         >>> finetune_cache_name(4, DEFAULT_EXTRA_BITS, 30, 800)[:40]
         '4bit_x2p4_qat800ep_lr0.001_30ep_roundin'
+        >>> finetune_cache_name(4, DEFAULT_EXTRA_BITS, 0, 800)
+        '4bit_x2p4_qat800ep_lr0.001_scale_lr0.003_fine_v4.npz'
     """
     qat = f"qat{qat_epochs}ep_lr{QAT_WEIGHT_LR:g}_" if qat_epochs else ""
+    if qat and not epochs:  # the training's weights alone, which fine-tunings start from
+        return (f"{bits}bit_{extra_bits.name}_{qat}scale_lr{FINETUNE_SCALE_LR:g}"
+                f"_fine_v{QUANTIZER_VERSION}.npz")
     return (f"{bits}bit_{extra_bits.name}_{qat}{epochs}ep_rounding_lr{FINETUNE_ROUNDING_LR:g}"
             f"_ste_lr{FINETUNE_WEIGHT_LR[bits]:g}_scale_lr{FINETUNE_SCALE_LR:g}"
             f"_kernel_scale_lr{FINETUNE_KERNEL_SCALE_LR[bits]:g}"

@@ -67,6 +67,11 @@ class StageData:
         """bool [R, R, R] the model's reconstruction under this stage's mask rule."""
         return occupancy_grid(model, self.resolution, mask=self.mask)
 
+    def aim_focus(self, model):
+        """Aims the error focus, if any, at ``model``'s wrong voxels from the next pass on."""
+        if self.focus is not None:
+            self.focus.update(self.reconstruct(model))
+
     def judge(self, model, with_chamfer=True):
         """(bool [R, R, R] reconstruction, its vox_tf.metrics.grid_metrics against the target)."""
         prediction = self.reconstruct(model)
