@@ -45,7 +45,8 @@ def reference_gpcc(grids_dir):
 
 def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits, qat_epochs=None):
     """{label: decoded-file figures} at each of ``bits_list`` and the smallest lossless file
-    of ``lossless_bits`` (``qat_epochs``: as vox_tf.pack.pack_run's)."""
+    of ``lossless_bits`` (``qat_epochs``: the lossy files', as vox_tf.pack.pack_run's; the
+    lossless files get pack_run's default)."""
     from vox_tf import packed_model
     from vox_tf.pack import decoded_figures, pack_run
 
@@ -54,7 +55,7 @@ def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits, q
         for lossless, widths in ((False, bits_list), (True, lossless_bits)):
             for bits in widths:
                 blob, sizes, _ = pack_run(run_dir, bits, lossless, finetune_epochs,
-                                           qat_epochs=qat_epochs)
+                                           qat_epochs=None if lossless else qat_epochs)
                 path = Path(tmp) / f"{bits}{'L' if lossless else ''}.vxz"
                 packed_model.write(path, blob)
                 result = {**decoded_figures(path, voxels), "bits": bits,
@@ -108,8 +109,9 @@ def main(argv=None):
                         help=f"quantization-aware fine-tuning epochs of the fine net (default "
                              f"{FINETUNE_EPOCHS}, as vox_tf.pack)")
     parser.add_argument("--qat-epochs", type=int, default=None,
-                        help="epochs of training at the file's levels before the fine-tuning "
-                             f"(default per bits, as vox_tf.pack: {QAT_EPOCHS})")
+                        help="epochs of training at the lossy files' levels before the "
+                             f"fine-tuning (default per bits, as vox_tf.pack: {QAT_EPOCHS}; "
+                             "lossless files: vox_tf.pack's default)")
     parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
                         help="bits of the lossy files packed (none: lossless files only)")
     parser.add_argument("--lossless-bits", type=int, nargs="*", choices=BITS, default=[5, 4],

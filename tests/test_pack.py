@@ -60,8 +60,7 @@ def packed(run, tmp_path_factory):
     for name, args in (("8", ["--bits", 8, "--finetune-epochs", 2]),
                        ("4", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0]),
                        ("4-plain", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0]),
-                       ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0,
-                                       "--lossless"]),
+                       ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--lossless"]),
                        ("4-trained", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 6]),
                        ("4-trained-tuned",
                         ["--bits", 4, "--finetune-epochs", 2, "--qat-epochs", 6])):
@@ -241,6 +240,8 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     default = quantization.DEFAULT_EXTRA_BITS
     tuned_again = [extra for extra in pack.LOSSLESS_EXTRA_BITS if extra != default]
     assert packed["4-lossless stderr"].count("fine-tuning (first") == len(tuned_again)
+    # and is not trained at its levels first by default: that makes lossless files larger
+    assert "-bit training" not in packed["4-lossless stderr"]
     for extra in tuned_again:
         assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
