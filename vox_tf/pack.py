@@ -70,8 +70,8 @@ at 4 bits, 7,756 bytes after 800 epochs against 7,315 without (residual 867 agai
 weights 6,480 against 5,695; lzma 7,388). It would also run once for each of
 LOSSLESS_EXTRA_BITS."""
 TRAINING_STATE_SUFFIX = ".training.npz"
-"""Beside a fine-tuning's cache file while its quantization-aware training runs: the state an
-interrupted pack goes on from."""
+"""Beside the training's cache file (finetune_cache_name with no fine-tuning) while the
+training runs: the state an interrupted pack goes on from."""
 QAT_WEIGHT_LR = 1e-3
 """Adam's first rate for the weights in the quantization-aware training (a cosine down to
 1 % of it): the float stage's own first rate."""
