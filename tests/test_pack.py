@@ -50,6 +50,11 @@ def cli(module, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+TRAINED = 20
+"""Epochs of the 4-bit training in the packs that train: at pack's first rate its cosine needs
+more than 6 to settle (6: 38 -> 11 wrong voxels, 20: 38 -> 1)."""
+
+
 @pytest.fixture(scope="module")
 def packed(run, tmp_path_factory):
     """{name: path} of files packed by the CLI: 8 bits, 4 bits fine-tuned, plainly quantized,
@@ -61,9 +66,9 @@ def packed(run, tmp_path_factory):
                        ("4", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0]),
                        ("4-plain", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0]),
                        ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--lossless"]),
-                       ("4-trained", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 6]),
+                       ("4-trained", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", TRAINED]),
                        ("4-trained-tuned",
-                        ["--bits", 4, "--finetune-epochs", 2, "--qat-epochs", 6])):
+                        ["--bits", 4, "--finetune-epochs", 2, "--qat-epochs", TRAINED])):
         path = out / f"{name}.vxz"
         result = cli("pack", run_dir, "-o", path, *args)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -245,7 +250,7 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     for extra in tuned_again:
         assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
-    cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, 6), (4, default, 2, 6),
+    cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, TRAINED), (4, default, 2, TRAINED),
               *((4, extra, 4, 0) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
         pack.finetune_cache_name(*settings) for settings in cached)
@@ -257,10 +262,10 @@ def test_training_at_the_levels_beats_quantizing_and_the_file_holds_what_it_judg
     kept = re.search(r"4-bit training kept epoch (\d+): ([\d,]+) wrong voxels \(([\d,]+) plainly",
                      packed["4-trained stderr"])
     assert kept, packed["4-trained stderr"][-2000:]
-    assert "6 epochs of 4-bit training, then 0 epochs" in packed["4-trained stderr"]
+    assert f"{TRAINED} epochs of 4-bit training, then 0 epochs" in packed["4-trained stderr"]
     assert "4-bit training: 100%" in packed["4-trained stderr"]  # it showed its progress
     # it started from the plain file, and its weights moved anywhere, not one level, to
-    # leave at most a quarter of the plain file's wrong voxels (this model: 38 -> 0)
+    # leave at most a quarter of the plain file's wrong voxels (this model: 38 -> 1)
     assert int(kept.group(3).replace(",", "")) == plain
     trained = int(kept.group(2).replace(",", ""))
     assert trained <= plain / 4, (plain, trained)

@@ -59,22 +59,29 @@ first takes a third to nearly all of them away, for 6-15 % more bytes (the level
 and slowly: about an epoch of the float training each (~18 min at 256^3 for the 128:relu x3
 net below, ~4 min at 128^3 for bunny's, 2 cores). Decoded
 4-bit files, wrong voxels with and without it (float32 in brackets):
-mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0) 2,885 against
-4,503; the same grid, 128:relu x3 (47,879, 8) 143 against 3,578; bunny 128^3, default search
-(15,799, 2) 752 against 1,653 (2,000 epochs: 599). Fewer bits lose far less (6 bits: 78 wrong
-voxels for the 128:relu x3 net with the fine-tuning alone), so they skip it."""
+mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0) 2,239 against
+4,503; the same grid, 128:relu x3 (47,879, 8) 143 against 3,578 (at a first rate of 1e-3);
+bunny 128^3, default search (15,799, 2) 516 against 1,653. Fewer bits lose far less, so they
+skip it: at 6 bits the fine-tuning alone leaves 78 wrong voxels for the 128:relu x3 net, 3 for
+bunny's (10,003 B; 800 epochs of the training at 1e-3 first: 2, 10,426 B)."""
 LOSSLESS_QAT_EPOCHS = 0
 """Epochs of that training for a lossless file: none. It takes wrong voxels away but spreads
 the weights over more levels, and a lossless file pays for both: bunny 128^3 (default search)
 at 4 bits, 7,756 bytes after 800 epochs against 7,315 without (residual 867 against 1,211 B,
-weights 6,480 against 5,695; lzma 7,388). It would also run once for each of
-LOSSLESS_EXTRA_BITS."""
+weights 6,480 against 5,695; lzma 7,388); mgn10_125611510010088_ShirtNoCoat 256^3 7,734
+against 7,351 (lzma 9,920), in 55 min against 2.3 on 2 cores (both at a first rate of 1e-3):
+it runs once for each of LOSSLESS_EXTRA_BITS."""
 TRAINING_STATE_SUFFIX = ".training.npz"
 """Beside the training's cache file (finetune_cache_name with no fine-tuning) while the
 training runs: the state an interrupted pack goes on from."""
-QAT_WEIGHT_LR = 1e-3
+QAT_WEIGHT_LR = 1e-2
 """Adam's first rate for the weights in the quantization-aware training (a cosine down to
-1 % of it): the float stage's own first rate."""
+1 % of it). Decoded 4-bit files of the default search's models (800 epochs, then the
+fine-tuning), wrong voxels and bytes at 1e-2 against 1e-3, the float stage's own first rate:
+mgn10_125611516241372_TShirtNoCoat 256^3 2,239 (10,087 B) against 2,885 (10,119 B);
+thingi32_64444 256^3 1,916 (9,178 B) against 2,307 (9,035 B);
+mgn10_125611510010088_ShirtNoCoat 256^3 326 (8,715 B) against 600 (8,645 B); bunny 128^3 516
+(7,705 B) against 752 (7,753 B), 3e-3 583, 3e-2 639."""
 FINETUNE_ROUNDING_LR = 3e-2
 """Adam's rate for the Dense kernels' rounding variables (vox_tf.quantized_finetuning.
 finetune_quantized). At 1e-1 the five-hidden-layer net of mgn10_125611504997669_LongCoat 256^3
@@ -261,9 +268,9 @@ def finetune_cache_name(bits, extra_bits, epochs, qat_epochs=0):
         >>> finetune_cache_name(8, DEFAULT_EXTRA_BITS, 30)
         '8bit_x2p4_30ep_rounding_lr0.03_ste_lr0.0001_scale_lr0.003_kernel_scale_lr0_fine_v4.npz'
         >>> finetune_cache_name(4, DEFAULT_EXTRA_BITS, 30, 800)[:40]
-        '4bit_x2p4_qat800ep_lr0.001_30ep_roundin'
+        '4bit_x2p4_qat800ep_lr0.01_30ep_rounding_'
         >>> finetune_cache_name(4, DEFAULT_EXTRA_BITS, 0, 800)
-        '4bit_x2p4_qat800ep_lr0.001_scale_lr0.003_fine_v4.npz'
+        '4bit_x2p4_qat800ep_lr0.01_scale_lr0.003_fine_v4.npz'
     """
     qat = f"qat{qat_epochs}ep_lr{QAT_WEIGHT_LR:g}_" if qat_epochs else ""
     if qat and not epochs:  # the training's weights alone, which fine-tunings start from
