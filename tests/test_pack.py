@@ -66,7 +66,8 @@ def packed(run, tmp_path_factory):
                        ("4", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0]),
                        ("4-plain", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0]),
                        ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--lossless"]),
-                       ("4-trained", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", TRAINED]),
+                       ("4-trained",
+                        ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", TRAINED]),
                        ("4-trained-tuned",
                         ["--bits", 4, "--finetune-epochs", 2, "--qat-epochs", TRAINED])):
         path = out / f"{name}.vxz"
@@ -250,8 +251,8 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     for extra in tuned_again:
         assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
-    cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, TRAINED), (4, default, 2, TRAINED),
-              *((4, extra, 4, 0) for extra in tuned_again)}
+    cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, TRAINED),
+              (4, default, 2, TRAINED), *((4, extra, 4, 0) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
         pack.finetune_cache_name(*settings) for settings in cached)
 

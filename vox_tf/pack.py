@@ -55,10 +55,11 @@ QAT_EPOCHS = {8: 0, 6: 0, 5: 0, 4: 800}
 """Per file bits, epochs of quantization-aware training (vox_tf.quantized_finetuning.
 train_quantized) before the fine-tuning. At 4 bits the fine-tuning alone, whose kernel weights
 move by one level at most, leaves thousands of wrong voxels; training the net at its levels
-first takes a third to nearly all of them away, for 6-15 % more bytes (the levels spread out),
-and slowly: about an epoch of the float training each (~18 min at 256^3 for the 128:relu x3
-net below, ~4 min at 128^3 for bunny's, 2 cores). Decoded
-4-bit files, wrong voxels with and without it (float32 in brackets):
+first takes half to nearly all of them away, for 6-8 % more bytes on the searched nets below
+(the levels spread out; the 128:relu x3 net's file is 5 % smaller), and slowly: about an epoch
+of the float training each (~15 min at 256^3 for the 128:relu x3 net below, ~4 min at 128^3
+for bunny's, 2 cores). Decoded 4-bit files, wrong voxels with and without it (float32 in
+brackets):
 mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0) 2,239 against
 4,503; the same grid, 128:relu x3 (47,879, 8) 49 against 3,578 (-0.069 points of IoU);
 bunny 128^3, default search (15,799, 2) 516 against 1,653. Fewer bits lose far less, so they
