@@ -4,7 +4,7 @@
 
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
-(vox_tf.quantization), trained at its levels for --qat-epochs (QAT_EPOCHS: lossy 4-bit files only,
+(vox_tf.quantization), trained at its levels for --qat-epochs (QAT_EPOCHS: lossy 4- to 6-bit files,
 by default), fine-tuned (vox_tf.quantized_finetuning: the Dense kernels' rounding
 learned up or down per weight, tri-planes and biases trained at their levels) for
 --finetune-epochs (default 30; neither for a run without its voxels), and written with
@@ -51,20 +51,22 @@ VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
-QAT_EPOCHS = {8: 0, 6: 0, 5: 0, 4: 800}
+QAT_EPOCHS = {8: 0, 6: 800, 5: 800, 4: 800}
 """Per file bits, epochs of quantization-aware training (vox_tf.quantized_finetuning.
-train_quantized) before the fine-tuning. At 4 bits the fine-tuning alone, whose kernel weights
-move by one level at most, leaves thousands of wrong voxels; training the net at its levels
-first takes half to nearly all of them away, for 6-8 % more bytes on the searched nets below
-(the levels spread out; the 128:relu x3 net's file is 5 % smaller), and slowly: about an epoch
-of the float training each (~15 min at 256^3 for the 128:relu x3 net below, ~4 min at 128^3
-for bunny's, 2 cores). Decoded 4-bit files, wrong voxels with and without it (float32 in
-brackets):
-mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0) 2,239 against
-4,503; the same grid, 128:relu x3 (47,879, 8) 49 against 3,578 (-0.069 points of IoU);
-bunny 128^3, default search (15,799, 2) 516 against 1,653. Fewer bits lose far less, so they
-skip it: at 6 bits the fine-tuning alone leaves 78 wrong voxels for the 128:relu x3 net, 3 for
-bunny's (10,003 B; 800 epochs of the training at 1e-3 first: 2, 10,426 B)."""
+train_quantized) before the fine-tuning. The fine-tuning alone moves a kernel weight by one
+level at most: at 4 bits it leaves thousands of wrong voxels, at 5 and 6 bits enough to lose
+0.1-1.4 points on grids that need their nets' every weight. Training the net at its levels first
+takes half to nearly all of them away, for 4-9 % more bytes on the searched nets (the levels
+spread out; the 128:relu x3 net's 4-bit file is 5 % smaller), and slowly: about an epoch of the
+float training each (22-31 min at 256^3 for the searched nets, 2-4 min at 128^3, 2 cores).
+Decoded files, wrong voxels (IoU points against float32) with and without it:
+mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0 in float32):
+6 bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,239 against 4,503;
+thingi32_64444 256^3 (17,655, 115): 6 bits 109 (+0.007; 12,595 B) against 585 (-0.533;
+11,633 B); 3DSMaxExport 128^3 (9,095, 17): 6 bits 0 (+0.257) against 25 (-0.121), 5 bits 7
+(+0.151) against 111 (-1.414); TShirtNoCoat's 128:relu x3 net (47,879, 8): 4 bits 49 (-0.069)
+against 3,578; bunny 128^3 (15,799, 2): 4 bits 516 against 1,653, 6 bits 2 (10,739 B)
+against 3 (10,003 B). 8 bits lose nothing to buy back (within 0.02 point) and skip it."""
 LOSSLESS_QAT_EPOCHS = 0
 """Epochs of that training for a lossless file: none. It takes wrong voxels away but spreads
 the weights over more levels, and a lossless file pays for both: bunny 128^3 (default search)
@@ -83,7 +85,10 @@ mgn10_125611516241372_TShirtNoCoat 256^3 2,239 (10,087 B) against 2,885 (10,119 
 thingi32_64444 256^3 1,916 (9,178 B) against 2,307 (9,035 B);
 mgn10_125611510010088_ShirtNoCoat 256^3 326 (8,715 B) against 600 (8,645 B); bunny 128^3 516
 (7,705 B) against 752 (7,753 B), 3e-3 583, 3e-2 639; TShirtNoCoat's 128:relu x3 net (47,879
-fine params) 49 (19,725 B) against 143 (23,717 B)."""
+fine params) 49 (19,725 B) against 143 (23,717 B). At 6 bits too: TShirtNoCoat 27 (14,330 B)
+against 271 (13,777 B), which is more than the fine-tuning alone leaves (171): at 1e-2 the
+first few hundred epochs are worse than the plain quantization, but the cosine's end settles
+lower."""
 FINETUNE_ROUNDING_LR = 3e-2
 """Adam's rate for the Dense kernels' rounding variables (vox_tf.quantized_finetuning.
 finetune_quantized). At 1e-1 the five-hidden-layer net of mgn10_125611504997669_LongCoat 256^3
