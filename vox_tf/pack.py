@@ -55,19 +55,23 @@ QAT_EPOCHS = {8: 0, 6: 800, 5: 800, 4: 800}
 """Per file bits, epochs of quantization-aware training (vox_tf.quantized_finetuning.
 train_quantized) before the fine-tuning. The fine-tuning alone moves a kernel weight by one
 level at most: at 4 bits it leaves thousands of wrong voxels, at 6 bits enough to lose 0.1-0.7
-point on four of five searched nets (bunny 128^3's 0.003), at 5 bits 1.4-2.8 (two measured).
-Training the net at its levels first takes half to nearly all of them away, for 4-11 % more
-bytes (the levels spread out; the 128:relu x3 net's 4-bit file is 5 % smaller), and slowly:
-about an epoch of the float training each (22-31 min at 256^3 for the searched nets, 2-4 min at
-128^3, 2 cores). Decoded files, wrong voxels (IoU points against float32) with and without it:
-mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0 in float32): 6
-bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,239 against 4,503;
-thingi32_64444 256^3 (17,655, 115): 6 bits 109 (+0.007; 12,595 B) against 585 (-0.533; 11,633
-B); 3DSMaxExport 128^3 (9,095, 17): 6 bits 0 (+0.257) against 25 (-0.121), 5 bits 7 (+0.151)
-against 111 (-1.414); TShirtNoCoat 5 bits 731 (-1.229) against 1,708 (-2.849); its 128:relu x3
-net (47,879, 8): 4 bits 49 (-0.069) against 3,578; bunny 128^3 (15,799, 2): 4 bits 516 against
-1,653, 6 bits 2 (10,739 B) against 3 (10,003 B). 8 bits lose nothing to buy back (within 0.02
-point) and skip it."""
+point on four of six searched nets (0.000 and 0.003 on the others), at 5 bits 1.4-2.8 (two
+measured). Training the net at its levels first takes half to nearly all of them away, for
+4-11 % more bytes (the levels spread out; the 128:relu x3 net's 4-bit file is 5 % smaller), and
+slowly: about an epoch of the float training each (22-31 min at 256^3 for the searched nets, 2-4
+min at 128^3, 2 cores). Decoded files, wrong voxels (IoU points against float32) with and
+without it: mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0 in
+float32): 6 bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,239 against
+4,503; thingi32_64444 256^3 (17,655, 115): 6 bits 109 (+0.007; 12,595 B) against 585 (-0.533;
+11,633 B); 3DSMaxExport 128^3 (9,095, 17): 6 bits 0 (+0.257) against 25 (-0.121), 5 bits 7
+(+0.151) against 111 (-1.414); TShirtNoCoat 5 bits 731 (-1.229) against 1,708 (-2.849); its
+128:relu x3 net (47,879, 8): 4 bits 49 (-0.069) against 3,578; bunny 128^3 (15,799, 2): 4 bits
+516 against 1,653, 6 bits 2 (10,739 B) against 3 (10,003 B); mgn10_125611510010088_ShirtNoCoat
+256^3 (18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346 B). Longer is better at 4 bits, in no
+more bytes: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17) 13 (+0.060 points; 3,031
+B) against 98 (-1.210; 2,942 B), Spider_binary (10,695, 417) 497 against 620, bunny 315 (7,532
+B) against 516; 800 stays the default for the time at 256^3 (3000 not measured there). 8 bits
+lose nothing to buy back (within 0.02 point) and skip it."""
 LOSSLESS_QAT_EPOCHS = 0
 """Epochs of that training for a lossless file: none. It takes wrong voxels away but spreads
 the weights over more levels, and a lossless file pays for both: bunny 128^3 (default search)
