@@ -67,11 +67,11 @@ float32): 6 bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,
 (+0.151) against 111 (-1.414); TShirtNoCoat 5 bits 731 (-1.229) against 1,708 (-2.849); its
 128:relu x3 net (47,879, 8): 4 bits 49 (-0.069) against 3,578; bunny 128^3 (15,799, 2): 4 bits
 516 against 1,653, 6 bits 2 (10,739 B) against 3 (10,003 B); mgn10_125611510010088_ShirtNoCoat
-256^3 (18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346 B). Longer is better at 4 bits, in no
-more bytes: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17) 13 (+0.060 points; 3,031
-B) against 98 (-1.210; 2,942 B), Spider_binary (10,695, 417) 497 against 620, bunny 315 (7,532
-B) against 516; 800 stays the default for the time at 256^3 (3000 not measured there). 8 bits
-lose nothing to buy back (within 0.02 point) and skip it."""
+256^3 (18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346 B). Longer is better at 4 bits, in -2
+to +3 % bytes: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17) 13 (+0.060 points;
+3,031 B) against 98 (-1.210; 2,942 B), Spider_binary (10,695, 417) 497 against 620, bunny 315
+(7,532 B) against 516; 800 stays the default for the time at 256^3 (3000 not measured there). 8
+bits lose nothing to buy back (within 0.02 point) and skip it."""
 LOSSLESS_QAT_EPOCHS = 0
 """Epochs of that training for a lossless file: none. It takes wrong voxels away but spreads
 the weights over more levels, and a lossless file pays for both: bunny 128^3 (default search)
