@@ -344,6 +344,28 @@ def test_interrupted_training_at_the_levels_goes_on_from_its_last_judgement(run,
     assert data.evaluate(fine, with_chamfer=False)["wrong_voxels"] == outcome["wrong_voxels"]
 
 
+def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_loses(
+        run, packed, tmp_path, monkeypatch, capsys):
+    """The training spreads the levels (more bytes): where the fine-tuning alone keeps the
+    float32 model's IoU, the default keeps that file; where it loses, it trains."""
+    run_dir, _, _ = run
+    copy = shutil.copytree(run_dir, tmp_path / "run")  # with the fixture's cached weights
+    monkeypatch.setitem(pack.QAT_EPOCHS, 8, TRAINED)
+    monkeypatch.setitem(pack.QAT_EPOCHS, 4, TRAINED)
+    capsys.readouterr()
+    kept = pack.pack_run(copy, bits=8, finetune_epochs=2)[0]  # 8 bits lose nothing
+    stderr = capsys.readouterr().err
+    assert f"(loses at most {pack.QAT_SKIP_POINTS}): kept, not trained" in stderr, stderr[-2000:]
+    assert "-bit training" not in stderr
+    assert kept == pack.pack_run(copy, bits=8, finetune_epochs=2, qat_epochs=0)[0]
+    trained = pack.pack_run(copy, bits=4, finetune_epochs=0)[0]  # 4 bits plainly lose 38 voxels
+    lost = re.search(r"4-bit fine-tuning alone: ([-+][\d.]+) IoU points against float32 "
+                     r"\(loses more than ", capsys.readouterr().err)
+    assert lost and -float(lost.group(1)) > pack.QAT_SKIP_POINTS
+    assert trained == pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=TRAINED)[0]
+    assert trained != pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=0)[0]
+
+
 def test_finetuning_rounds_kernels_up_or_down_and_learns_scales(run, packed):
     run_dir, _, voxels = run
     model = vox_tf.load(run_dir)

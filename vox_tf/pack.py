@@ -4,10 +4,11 @@
 
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
-(vox_tf.quantization), trained at its levels for --qat-epochs (QAT_EPOCHS: lossy 4- to 6-bit files,
-by default), fine-tuned (vox_tf.quantized_finetuning: the Dense kernels' rounding
-learned up or down per weight, tri-planes and biases trained at their levels) for
---finetune-epochs (default 30; neither for a run without its voxels), and written with
+(vox_tf.quantization), trained at its levels for --qat-epochs (QAT_EPOCHS: lossy 4- to 6-bit
+files, by default, unless the fine-tuning alone loses at most QAT_SKIP_POINTS), fine-tuned
+(vox_tf.quantized_finetuning: the Dense kernels' rounding learned up or down per weight,
+tri-planes and biases trained at their levels) for --finetune-epochs (default 30; neither for
+a run without its voxels), and written with
 vox_tf.packed_model beside the coarse net's occupancy grid; --lossless adds the voxels the file
 still gets wrong (vox_tf.lossless) so it decodes to exactly the input grid. The ground truth is
 the run's voxels.npz (or --voxel for runs older than it).
@@ -71,7 +72,16 @@ float32): 6 bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,
 to +3 % bytes: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17) 13 (+0.060 points;
 3,031 B) against 98 (-1.210; 2,942 B), Spider_binary (10,695, 417) 497 against 620, bunny 315
 (7,532 B) against 516; 800 stays the default for the time at 256^3 (3000 not measured there). 8
-bits lose nothing to buy back (within 0.02 point) and skip it."""
+bits lose nothing to buy back (within 0.02 point) and skip it; so does, by default, any file
+whose fine-tuning alone loses no more (QAT_SKIP_POINTS)."""
+QAT_SKIP_POINTS = 0.02
+"""IoU points a lossy file fine-tuned alone may lose against the float32 model for the default
+to keep it untrained (the 8-bit bar); beyond it, it is trained for QAT_EPOCHS. The training
+is for what the fine-tuning leaves: where it leaves nothing it only spreads the levels, 7-11 %
+more bytes for no voxel (6 bits: bunny 128^3 -0.003 points alone, 10,003 B against 10,739
+trained; mgn10_125611510010088_ShirtNoCoat 256^3 0.000, 11,346 B against 12,604), and 20-30
+minutes at 256^3. Judging costs one fine-tuning and one decode of the grid (1-1.5 min at 256^3
+on 2 cores) on top of a training. An explicit --qat-epochs is used as given."""
 LOSSLESS_QAT_EPOCHS = 0
 """Epochs of that training for a lossless file: none. It takes wrong voxels away but spreads
 the weights over more levels, and a lossless file pays for both: bunny 128^3 (default search)
@@ -306,7 +316,8 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
             when the run has no voxels.npz and no voxel_path is given).
         voxel_path: the input grid, for runs without voxels.npz.
         qat_epochs: epochs of training the fine net at its levels before the fine-tuning
-            (None: QAT_EPOCHS[bits], LOSSLESS_QAT_EPOCHS when lossless, 0 without voxels).
+            (None: QAT_EPOCHS[bits] unless the fine-tuning alone loses at most QAT_SKIP_POINTS,
+            LOSSLESS_QAT_EPOCHS when lossless, 0 without voxels).
     Returns:
         (bytes, sizes as vox_tf.packed_model.pack gives plus residual_list /
         residual_probabilities when lossless, float32_iou (the run's float32 model's IoU as
@@ -325,19 +336,42 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         print(f"note: {err}; packing without fine-tuning", file=sys.stderr)
         voxels, finetune_epochs, qat_epochs = None, 0, 0
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
-    if qat_epochs is None:
-        qat_epochs = LOSSLESS_QAT_EPOCHS if lossless_mode else QAT_EPOCHS[bits]
     if not lossless_mode:
-        reconstructor = finetuned(directory, bits, epochs, voxels, qat_epochs=qat_epochs)
+        reconstructor = None
+        if qat_epochs is None and QAT_EPOCHS[bits]:
+            reconstructor = _untrained_if_close(directory, bits, epochs, voxels)
+        if reconstructor is None:
+            reconstructor = finetuned(directory, bits, epochs, voxels, qat_epochs=(
+                QAT_EPOCHS[bits] if qat_epochs is None else qat_epochs))
         blob, sizes = packed_model.pack(reconstructor, bits)
         sizes["float32_iou"] = reconstructor.metrics.get("iou")
         return blob, sizes, voxels
+    if qat_epochs is None:
+        qat_epochs = LOSSLESS_QAT_EPOCHS
     truth = voxels.dense()
     files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra, qat_epochs), bits,
                             extra, truth)
              for extra in LOSSLESS_EXTRA_BITS]
     blob, sizes = min(files, key=lambda file: len(file[0]))
     return blob, sizes, voxels
+
+
+def _untrained_if_close(directory, bits, epochs, voxels):
+    """The reconstructor fine-tuned without the training, if its file loses at most
+    QAT_SKIP_POINTS of IoU against the float32 model (decoded, as a user gets it); else None:
+    the caller trains it."""
+    reconstructor = finetuned(directory, bits, epochs, voxels)
+    reference = reconstructor.metrics.get("iou")
+    if reference is None:  # a run that did not record it: no bar to judge by
+        return None
+    blob, _ = packed_model.pack(reconstructor, bits)
+    grid = _decode_bytes(blob).predict_grid()
+    lost = 100 * (reference - grid_metrics(grid, voxels.dense(), with_chamfer=False)["iou"])
+    close = lost <= QAT_SKIP_POINTS
+    print(f"fine stage: {bits}-bit fine-tuning alone: {-lost:+.3f} IoU points against float32 "
+          + (f"(loses at most {QAT_SKIP_POINTS}): kept, not trained" if close else
+             f"(loses more than {QAT_SKIP_POINTS}): training at its levels"), file=sys.stderr)
+    return reconstructor if close else None
 
 
 def _lossless_file(reconstructor, bits, extra_bits, truth):
@@ -391,7 +425,8 @@ def _parser():
                    help="epochs of training the fine net at its levels before the fine-tuning "
                         "(default per --bits: " + ", ".join(
                             f"{bits}: {epochs}" for bits, epochs in QAT_EPOCHS.items())
-                        + f"; with --lossless: {LOSSLESS_QAT_EPOCHS})")
+                        + f", none where the fine-tuning alone loses at most {QAT_SKIP_POINTS} "
+                        f"IoU points; with --lossless: {LOSSLESS_QAT_EPOCHS})")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p
 
