@@ -9,10 +9,10 @@ bit-packed grid; the G-PCC bytes of reference_results.csv when the grid is one o
 and, when ``--runs DIR`` holds a trained run ``DIR/<grid name>/`` (training or search run),
 the .vxz file of ``python -m vox_tf.pack`` at each ``--bits`` (default 8, 6, 5 and 4; the
 4- to 6-bit ones trained at their levels where the fine-tuning alone loses over 0.02 IoU
-points, ~25 min each at 256^3 on 2 cores, which ``--qat-epochs 0`` skips; all fine-tuned) and the smallest lossless one of ``--lossless-bits``
-(default 5 and 4: where the smallest were on the eight seed grids), each as bytes, bits per
-occupied voxel (bpov) and IoU measured on the file decoded back. Grids without a run are
-listed at the end.
+points, ~25 min each at 256^3 on 2 cores, which ``--qat-epochs 0`` skips; all fine-tuned) and
+the smallest lossless one of ``--lossless-bits`` (default 5 and 4: where the smallest were on
+the eight seed grids), each as bytes, bits per occupied voxel (bpov) and IoU measured on the
+file decoded back. Grids without a run are listed at the end.
 """
 
 import argparse
@@ -70,7 +70,8 @@ def packed_figures(run_dir, voxels, finetune_epochs, bits_list, lossless_bits, q
 
 
 def smoke_run(out_dir):
-    """Voxelizes the built-in torus at 64^3 and trains a tiny model on it; returns (grid file, runs dir)."""
+    """Voxelizes the built-in torus at 64^3 and trains a tiny model on it; returns (grid file,
+    runs dir)."""
     from vox_tf.mesh_io import from_trimesh
     from vox_tf.shapes import builtin_shape
     from vox_tf.train import train_hierarchy
@@ -127,7 +128,8 @@ def main(argv=None):
         if args.smoke:
             grid_path, args.runs = smoke_run(tmp)
             args.grids = [grid_path]
-        files = sorted(f for g in args.grids for f in (sorted(g.glob("*.npz")) if g.is_dir() else [g]))
+        files = sorted(f for g in args.grids
+                       for f in (sorted(g.glob("*.npz")) if g.is_dir() else [g]))
         gpcc = {name: size for g in args.grids for name, size in
                 reference_gpcc(g if g.is_dir() else g.parent).items()}
         print(f"{'grid':<36} {'R':>4} {'voxels':>9}  {'lzma B':>9} {'bpov':>6}  {'bz2 B':>9} "
