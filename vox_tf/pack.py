@@ -71,9 +71,11 @@ float32): 6 bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,
 256^3 (18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346 B). Longer is better at 4 bits, in -2
 to +3 % bytes: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17) 13 (+0.060 points;
 3,031 B) against 98 (-1.210; 2,942 B), Spider_binary (10,695, 417) 497 against 620, bunny 315
-(7,532 B) against 516; 800 stays the default for the time at 256^3 (3000 not measured there). 8
-bits lose nothing to buy back (within 0.02 point) and skip it; so does, by default, any file
-whose fine-tuning alone loses no more (QAT_SKIP_POINTS)."""
+(7,532 B) against 516; at 256^3 far less: mgn10_125611516241372_TShirtNoCoat 2,085 (-3.465;
+10,088 B) against 2,239, thingi32_64444 1,523 (-1.587; 9,179 B) against 1,916, in 1.3-1.8 h a
+file here (beside another pack): 800 stays the default. 8 bits lose nothing to buy back
+(within 0.02 point) and skip it; so does, by default, any file whose fine-tuning alone loses
+no more (QAT_SKIP_POINTS)."""
 QAT_SKIP_POINTS = 0.02
 """IoU points a lossy file fine-tuned alone may lose against the float32 model for the default
 to keep it untrained (the 8-bit bar); beyond it, it is trained for QAT_EPOCHS. The training
