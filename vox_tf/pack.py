@@ -368,9 +368,9 @@ def _untrained_if_close(directory, bits, epochs, voxels):
         return None
     blob, _ = packed_model.pack(reconstructor, bits)
     grid = _decode_bytes(blob).predict_grid()
-    lost = 100 * (reference - grid_metrics(grid, voxels.dense(), with_chamfer=False)["iou"])
-    close = lost <= QAT_SKIP_POINTS
-    print(f"fine stage: {bits}-bit fine-tuning alone: {-lost:+.3f} IoU points against float32 "
+    points = 100 * (grid_metrics(grid, voxels.dense(), with_chamfer=False)["iou"] - reference)
+    close = -points <= QAT_SKIP_POINTS
+    print(f"fine stage: {bits}-bit fine-tuning alone: {points:+.3f} IoU points against float32 "
           + (f"(loses at most {QAT_SKIP_POINTS}): kept, not trained" if close else
              f"(loses more than {QAT_SKIP_POINTS}): training at its levels"), file=sys.stderr)
     return reconstructor if close else None
