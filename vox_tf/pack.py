@@ -367,8 +367,7 @@ def _untrained_if_close(directory, bits, epochs, voxels):
     if reference is None:  # a run that did not record it: no bar to judge by
         return None
     blob, _ = packed_model.pack(reconstructor, bits)
-    grid = _decode_bytes(blob).predict_grid()
-    points = 100 * (grid_metrics(grid, voxels.dense(), with_chamfer=False)["iou"] - reference)
+    points = 100 * (_decoded_metrics(_decode_bytes(blob), voxels)["iou"] - reference)
     close = -points <= QAT_SKIP_POINTS
     print(f"fine stage: {bits}-bit fine-tuning alone: {points:+.3f} IoU points against float32 "
           + (f"(loses at most {QAT_SKIP_POINTS}): kept, not trained" if close else
@@ -405,11 +404,16 @@ def decoded_figures(path, voxels):
     """
     figures = {"bytes": Path(path).stat().st_size}
     if voxels is not None:
-        grid = packed_model.read(path).predict_grid()
-        metrics = grid_metrics(grid, voxels.dense(), with_chamfer=False)
+        metrics = _decoded_metrics(packed_model.read(path), voxels)
         figures.update(iou=metrics["iou"], wrong_voxels=metrics["wrong_voxels"],
                        bpov=8 * figures["bytes"] / max(len(voxels.indices), 1))
     return figures
+
+
+def _decoded_metrics(decoded, voxels):
+    """grid_metrics (no chamfer) of a decoded file's whole grid against the VoxelGrid
+    ``voxels``: the one measure both the printed figures and the training's judge use."""
+    return grid_metrics(decoded.predict_grid(), voxels.dense(), with_chamfer=False)
 
 
 def _parser():
