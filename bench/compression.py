@@ -9,7 +9,7 @@ bit-packed grid; the G-PCC bytes of reference_results.csv when the grid is one o
 and, when ``--runs DIR`` holds a trained run ``DIR/<grid name>/`` (training or search run),
 the .vxz file of ``python -m vox_tf.pack`` at each ``--bits`` (default 8, 6, 5 and 4; the
 4- to 6-bit ones trained at their levels where the fine-tuning alone loses over 0.02 IoU
-points, ~25 min each at 256^3 on 2 cores, which ``--qat-epochs 0`` skips; all fine-tuned) and
+points, up to ~30 min each at 256^3 on 2 cores, which ``--qat-epochs 0`` skips; all fine-tuned) and
 the smallest lossless one of ``--lossless-bits`` (default 5 and 4: where the smallest were on
 the eight seed grids), each as bytes, bits per occupied voxel (bpov) and IoU measured on the
 file decoded back. Grids without a run are listed at the end.
@@ -101,7 +101,7 @@ def _cell(size, voxels):
 
 
 def main(argv=None):
-    from vox_tf.pack import FINETUNE_EPOCHS, QAT_EPOCHS
+    from vox_tf.pack import FINETUNE_EPOCHS, QAT_MAX_EPOCHS, QAT_STEPS
     from vox_tf.quantization import BITS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -113,7 +113,8 @@ def main(argv=None):
                              f"{FINETUNE_EPOCHS}, as vox_tf.pack)")
     parser.add_argument("--qat-epochs", type=int, default=None,
                         help="epochs of training at the lossy files' levels before the "
-                             f"fine-tuning (default per bits, as vox_tf.pack: {QAT_EPOCHS}; "
+                             f"fine-tuning (default as vox_tf.pack: the whole epochs of "
+                             f"steps per bits {QAT_STEPS}, at most {QAT_MAX_EPOCHS}; "
                              "lossless files: vox_tf.pack's default)")
     parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
                         help="bits of the lossy files packed (none: lossless files only)")

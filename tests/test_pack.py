@@ -21,6 +21,7 @@ from vox_tf import (grid_coding, lossless, pack, packed_model, quantization, qua
                     stage_training, train, train_config, weight_coding)
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.metrics import iou
+from vox_tf.run_layout import CONFIG_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 64
@@ -348,10 +349,11 @@ def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_los
         run, packed, tmp_path, monkeypatch, capsys):
     """The training spreads the levels (more bytes): where the fine-tuning alone keeps the
     float32 model's IoU, the default keeps that file; where it loses, it trains."""
-    run_dir, _, _ = run
+    run_dir, _, voxels = run
     copy = shutil.copytree(run_dir, tmp_path / "run")  # with the fixture's cached weights
-    monkeypatch.setitem(pack.QAT_EPOCHS, 8, TRAINED)
-    monkeypatch.setitem(pack.QAT_EPOCHS, 4, TRAINED)
+    batches = fine_batches(run_dir, voxels)
+    monkeypatch.setitem(pack.QAT_STEPS, 8, TRAINED * batches)
+    monkeypatch.setitem(pack.QAT_STEPS, 4, TRAINED * batches)
     capsys.readouterr()
     kept = pack.pack_run(copy, bits=8, finetune_epochs=2)[0]  # 8 bits lose nothing
     stderr = capsys.readouterr().err
@@ -364,6 +366,34 @@ def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_los
     assert lost and -float(lost.group(1)) > pack.QAT_SKIP_POINTS
     assert trained == pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=TRAINED)[0]
     assert trained != pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=0)[0]
+
+
+def test_by_default_the_training_runs_its_steps_in_whole_epochs_up_to_a_most(
+        run, tmp_path, monkeypatch, capsys):
+    """An epoch's batches go with the model's surface and resolution: the default trains every
+    model about as long (and a model of few batches an epoch for more epochs), but not without
+    end."""
+    run_dir, _, voxels = run
+    # none of the fixture's cached trainings: this one must train to say for how long
+    copy = shutil.copytree(run_dir, tmp_path / "run",
+                           ignore=shutil.ignore_patterns(pack.QUANTIZED_DIR))
+    batches = fine_batches(run_dir, voxels)
+    monkeypatch.setitem(pack.QAT_STEPS, 4, (TRAINED - 1) * batches + 1)  # a step into the last
+    capsys.readouterr()
+    by_steps = pack.pack_run(copy, bits=4, finetune_epochs=0)[0]
+    assert f"{TRAINED} epochs of 4-bit training" in capsys.readouterr().err
+    assert by_steps == pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=TRAINED)[0]
+    monkeypatch.setitem(pack.QAT_STEPS, 4, 100 * TRAINED * batches)
+    monkeypatch.setattr(pack, "QAT_MAX_EPOCHS", TRAINED)
+    assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == by_steps
+
+
+def fine_batches(run_dir, voxels):
+    """Batches an epoch of a run's fine stage."""
+    config = train_config.TrainConfig(
+        **json.loads((run_dir / CONFIG_FILE).read_text())["config"])
+    data = stage_training.fine_stage_data(voxels, vox_tf.load(run_dir).coarse, config)
+    return int(data.dataset.cardinality())
 
 
 def test_finetuning_rounds_kernels_up_or_down_and_learns_scales(run, packed):

@@ -4,8 +4,9 @@
 
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
-(vox_tf.quantization), trained at its levels for --qat-epochs (QAT_EPOCHS: lossy 4- to 6-bit
-files, by default, unless the fine-tuning alone loses at most QAT_SKIP_POINTS), fine-tuned
+(vox_tf.quantization), trained at its levels for --qat-epochs (by default lossy 4- to 6-bit
+files, for QAT_STEPS optimizer steps, unless the fine-tuning alone loses at most
+QAT_SKIP_POINTS), fine-tuned
 (vox_tf.quantized_finetuning: the Dense kernels' rounding learned up or down per weight,
 tri-planes and biases trained at their levels) for --finetune-epochs (default 30; neither for
 a run without its voxels), and written with
@@ -52,33 +53,42 @@ VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
-QAT_EPOCHS = {8: 0, 6: 800, 5: 800, 4: 800}
-"""Per file bits, epochs of quantization-aware training (vox_tf.quantized_finetuning.
-train_quantized) before the fine-tuning. The fine-tuning alone moves a kernel weight by one
-level at most: at 4 bits it leaves thousands of wrong voxels, at 6 bits enough to lose 0.1-0.7
-point on four of six searched nets (0.000 and 0.003 on the others), at 5 bits 1.4-2.8 (two
-measured). Training the net at its levels first takes half to nearly all of them away, for
-4-11 % more bytes (the levels spread out; the 128:relu x3 net's 4-bit file is 5 % smaller), and
-slowly: about an epoch of the float training each (22-31 min at 256^3 for the searched nets, 2-4
-min at 128^3, 2 cores). Decoded files, wrong voxels (IoU points against float32) with and
-without it: mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0 in
-float32): 6 bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,239 against
-4,503; thingi32_64444 256^3 (17,655, 115): 6 bits 109 (+0.007; 12,595 B) against 585 (-0.533;
-11,633 B); 3DSMaxExport 128^3 (9,095, 17): 6 bits 0 (+0.257) against 25 (-0.121), 5 bits 7
-(+0.151) against 111 (-1.414); TShirtNoCoat 5 bits 731 (-1.229) against 1,708 (-2.849); its
-128:relu x3 net (47,879, 8): 4 bits 49 (-0.069) against 3,578; bunny 128^3 (15,799, 2): 4 bits
-516 against 1,653, 6 bits 2 (10,739 B) against 3 (10,003 B); mgn10_125611510010088_ShirtNoCoat
-256^3 (18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346 B). Longer is better at 4 bits, in -2
-to +3 % bytes: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17) 13 (+0.060 points;
-3,031 B) against 98 (-1.210; 2,942 B), Spider_binary (10,695, 417) 497 against 620, bunny 315
-(7,532 B) against 516; at 256^3 far less: mgn10_125611516241372_TShirtNoCoat 2,085 (-3.465;
-10,088 B) against 2,239, thingi32_64444 1,523 (-1.587; 9,179 B) against 1,916, in 1.3-1.8 h a
-file here (beside another pack): 800 stays the default. 8 bits lose nothing to buy back
-(within 0.02 point) and skip it; so does, by default, any file whose fine-tuning alone loses
-no more (QAT_SKIP_POINTS)."""
+QAT_STEPS = {8: 0, 6: 364_000, 5: 364_000, 4: 364_000}
+"""Per file bits, optimizer steps of quantization-aware training (vox_tf.quantized_finetuning.
+train_quantized) before the fine-tuning, in whole epochs and at most QAT_MAX_EPOCHS
+(qat_epochs_for). The fine-tuning alone moves a kernel weight by one level at most: at 4 bits
+it leaves thousands of wrong voxels, at 6 bits enough to lose 0.1-0.7 point on four of six
+searched nets (0.000 and 0.003 on the others), at 5 bits 1.4-2.8 (two measured). Training the
+net at its levels first takes half to nearly all of them away, for 4-11 % more bytes (the levels
+spread out; the 128:relu x3 net's 4-bit file is 5 % smaller). Decoded files, wrong voxels (IoU
+points against float32) after 800 epochs and without them: mgn10_125611516241372_TShirtNoCoat
+256^3, default search (20,487 fine params, 0 in float32): 6 bits 27 (-0.046; 14,330 B) against
+171 (-0.289; 13,185 B), 4 bits 2,239 against 4,503; thingi32_64444 256^3 (17,655, 115): 6 bits
+109 (+0.007; 12,595 B) against 585 (-0.533; 11,633 B); 3DSMaxExport 128^3 (9,095, 17): 6 bits 0
+(+0.257) against 25 (-0.121), 5 bits 7 (+0.151) against 111 (-1.414); TShirtNoCoat 5 bits 731
+(-1.229) against 1,708 (-2.849); its 128:relu x3 net (47,879, 8): 4 bits 49 (-0.069) against
+3,578; bunny 128^3 (15,799, 2): 4 bits 516 against 1,653, 6 bits 2 (10,739 B) against 3 (10,003
+B); mgn10_125611510010088_ShirtNoCoat 256^3 (18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346
+B). Counted in steps because an epoch is the fine stage's samples, which go with the model's
+surface and resolution: 14-157 batches of 2048 on seven meshes at 128^3, 205-455 on three
+256^3 grids, so 800 epochs were 11,000-126,000 steps at 128^3 and 164,000-364,000 at 256^3.
+Longer is better at 4 bits, in -2 to +3 % bytes, and where the nets were short of steps far
+better: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17; 14 batches) 13 (+0.060
+points; 3,031 B) against 98 (-1.210; 2,942 B), Wuson (11,591, 2; 36) 0 (+0.011) against 22
+(-0.114), Spider_binary (10,695, 417; 28) 497 against 620, bunny (15,799, 2; 61) 315 (7,532 B)
+against 516; at 256^3 much less: mgn10_125611516241372_TShirtNoCoat (322) 2,085 (-3.465;
+10,088 B) against 2,239, thingi32_64444 (455) 1,523 (-1.587; 9,179 B) against 1,916, in 1.3-1.8
+h a file here (beside another pack). 364,000 steps are 800 epochs of thingi32_64444, the most
+batches measured: the time of a training is about that of the slowest measured before (~30 min
+at 256^3 on 2 cores), and the nets with fewer batches get more epochs in it. 8 bits lose nothing
+to buy back (within 0.02 point) and skip it; so does, by default, any file whose fine-tuning
+alone loses no more (QAT_SKIP_POINTS)."""
+QAT_MAX_EPOCHS = 3000
+"""The most epochs QAT_STEPS gives: the longest training measured (above); at 128^3 the
+steps would give 2,300-26,000."""
 QAT_SKIP_POINTS = 0.02
 """IoU points a lossy file fine-tuned alone may lose against the float32 model for the default
-to keep it untrained (the 8-bit bar); beyond it, it is trained for QAT_EPOCHS. The training
+to keep it untrained (the 8-bit bar); beyond it, it is trained for QAT_STEPS. The training
 is for what the fine-tuning leaves: where it leaves nothing it only spreads the levels, 7-11 %
 more bytes for no voxel (6 bits: bunny 128^3 -0.003 points alone, 10,003 B against 10,739
 trained; mgn10_125611510010088_ShirtNoCoat 256^3 0.000, 11,346 B against 12,604), and 20-30
@@ -199,7 +209,8 @@ def ground_truth(directory, voxel_path=None):
 def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qat_epochs=0):
     """The run's reconstructor with its fine network quantized to ``bits`` (the first Dense
     kernel and the tri-plane lattices ``extra_bits`` more), trained ``qat_epochs`` at its
-    levels and fine-tuned ``epochs`` in the float32 coarse net's mask (the one the file stores).
+    levels (None: qat_epochs_for its fine stage's batches) and fine-tuned ``epochs`` in the
+    float32 coarse net's mask (the one the file stores).
 
     The result is cached in DIR/quantized/ (atomically) and reused.
     """
@@ -214,10 +225,15 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
         raise MeshError(voxels.source, f"resolution {voxels.resolution} is not the model's "
                                        f"{reconstructor.resolution}")
     config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
+    data = None
+    if qat_epochs is None:  # the default counts steps: the fine stage's batches give the epochs
+        data = fine_stage_data(voxels, reconstructor.coarse, config)
+        qat_epochs = qat_epochs_for(bits, int(data.dataset.cardinality()))
     cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs, qat_epochs)
     if _load_cached(reconstructor, cache):
         return reconstructor
-    data = fine_stage_data(voxels, reconstructor.coarse, config)
+    if data is None:
+        data = fine_stage_data(voxels, reconstructor.coarse, config)
     training = f"{qat_epochs} epochs of {bits}-bit training, then " if qat_epochs else ""
     print(f"fine stage: {training}{epochs} epochs of {bits}-bit fine-tuning (first layer "
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
@@ -247,6 +263,18 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
         print(finetune_outcome(outcome, bits), file=sys.stderr)
         _save_cached(reconstructor, cache)
     return reconstructor
+
+
+def qat_epochs_for(bits, batches_per_epoch):
+    """Epochs of training at its levels that a lossy ``bits`` file gets by default, for a fine
+    stage of ``batches_per_epoch``: QAT_STEPS[bits] steps in whole epochs, at most
+    QAT_MAX_EPOCHS.
+
+    Example:
+        >>> [qat_epochs_for(4, batches) for batches in (455, 322, 56)], qat_epochs_for(8, 56)
+        ([800, 1131, 3000], 0)
+    """
+    return min(QAT_MAX_EPOCHS, -(-QAT_STEPS[bits] // batches_per_epoch))
 
 
 def _load_cached(reconstructor, cache):
@@ -318,8 +346,8 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
             when the run has no voxels.npz and no voxel_path is given).
         voxel_path: the input grid, for runs without voxels.npz.
         qat_epochs: epochs of training the fine net at its levels before the fine-tuning
-            (None: QAT_EPOCHS[bits] unless the fine-tuning alone loses at most QAT_SKIP_POINTS,
-            LOSSLESS_QAT_EPOCHS when lossless, 0 without voxels).
+            (None: qat_epochs_for the run unless the fine-tuning alone loses at most
+            QAT_SKIP_POINTS, LOSSLESS_QAT_EPOCHS when lossless, 0 without voxels).
     Returns:
         (bytes, sizes as vox_tf.packed_model.pack gives plus residual_list /
         residual_probabilities when lossless, float32_iou (the run's float32 model's IoU as
@@ -340,11 +368,10 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
     if not lossless_mode:
         reconstructor = None
-        if qat_epochs is None and QAT_EPOCHS[bits]:
+        if qat_epochs is None and QAT_STEPS[bits]:
             reconstructor = _untrained_if_close(directory, bits, epochs, voxels)
         if reconstructor is None:
-            reconstructor = finetuned(directory, bits, epochs, voxels, qat_epochs=(
-                QAT_EPOCHS[bits] if qat_epochs is None else qat_epochs))
+            reconstructor = finetuned(directory, bits, epochs, voxels, qat_epochs=qat_epochs)
         blob, sizes = packed_model.pack(reconstructor, bits)
         sizes["float32_iou"] = reconstructor.metrics.get("iou")
         return blob, sizes, voxels
@@ -429,10 +456,12 @@ def _parser():
                         f"{FINETUNE_EPOCHS}; 0 and --qat-epochs 0: quantize only)")
     p.add_argument("--qat-epochs", type=int, default=None,
                    help="epochs of training the fine net at its levels before the fine-tuning "
-                        "(default per --bits: " + ", ".join(
-                            f"{bits}: {epochs}" for bits, epochs in QAT_EPOCHS.items())
-                        + f", none where the fine-tuning alone loses at most {QAT_SKIP_POINTS} "
-                        f"IoU points; with --lossless: {LOSSLESS_QAT_EPOCHS})")
+                        "(default: the whole epochs of " + ", ".join(
+                            f"{steps:,} steps at {bits} bits"
+                            for bits, steps in QAT_STEPS.items() if steps)
+                        + f", at most {QAT_MAX_EPOCHS}; none at other bits, nor where the "
+                        f"fine-tuning alone loses at most {QAT_SKIP_POINTS} IoU points; with "
+                        f"--lossless: {LOSSLESS_QAT_EPOCHS})")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p
 
