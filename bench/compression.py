@@ -114,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--qat-epochs", type=int, default=None,
                         help="epochs of training at the lossy files' levels before the "
                              f"fine-tuning (default as vox_tf.pack: the whole epochs of "
-                             f"steps per bits {QAT_STEPS}, at most {QAT_MAX_EPOCHS}; "
+                             f"{QAT_STEPS:,} steps, at most per bits {QAT_MAX_EPOCHS}; "
                              "lossless files: vox_tf.pack's default)")
     parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
                         help="bits of the lossy files packed (none: lossless files only)")

@@ -349,11 +349,10 @@ def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_los
         run, packed, tmp_path, monkeypatch, capsys):
     """The training spreads the levels (more bytes): where the fine-tuning alone keeps the
     float32 model's IoU, the default keeps that file; where it loses, it trains."""
-    run_dir, _, voxels = run
+    run_dir, _, _ = run
     copy = shutil.copytree(run_dir, tmp_path / "run")  # with the fixture's cached weights
-    batches = fine_batches(run_dir, voxels)
-    monkeypatch.setitem(pack.QAT_STEPS, 8, TRAINED * batches)
-    monkeypatch.setitem(pack.QAT_STEPS, 4, TRAINED * batches)
+    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 8, TRAINED)
+    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, TRAINED)
     capsys.readouterr()
     kept = pack.pack_run(copy, bits=8, finetune_epochs=2)[0]  # 8 bits lose nothing
     stderr = capsys.readouterr().err
@@ -378,13 +377,14 @@ def test_by_default_the_training_runs_its_steps_in_whole_epochs_up_to_a_most(
     copy = shutil.copytree(run_dir, tmp_path / "run",
                            ignore=shutil.ignore_patterns(pack.QUANTIZED_DIR))
     batches = fine_batches(run_dir, voxels)
-    monkeypatch.setitem(pack.QAT_STEPS, 4, (TRAINED - 1) * batches + 1)  # a step into the last
+    monkeypatch.setattr(pack, "QAT_STEPS", (TRAINED - 1) * batches + 1)  # a step into the last
+    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, 100 * TRAINED)
     capsys.readouterr()
     by_steps = pack.pack_run(copy, bits=4, finetune_epochs=0)[0]
     assert f"{TRAINED} epochs of 4-bit training" in capsys.readouterr().err
     assert by_steps == pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=TRAINED)[0]
-    monkeypatch.setitem(pack.QAT_STEPS, 4, 100 * TRAINED * batches)
-    monkeypatch.setattr(pack, "QAT_MAX_EPOCHS", TRAINED)
+    monkeypatch.setattr(pack, "QAT_STEPS", 100 * TRAINED * batches)
+    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, TRAINED)
     assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == by_steps
 
 

@@ -5,8 +5,8 @@
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
 (vox_tf.quantization), trained at its levels for --qat-epochs (by default lossy 4- to 6-bit
-files, for QAT_STEPS optimizer steps, unless the fine-tuning alone loses at most
-QAT_SKIP_POINTS), fine-tuned
+files, for QAT_STEPS optimizer steps in at most QAT_MAX_EPOCHS, unless the fine-tuning alone
+loses at most QAT_SKIP_POINTS), fine-tuned
 (vox_tf.quantized_finetuning: the Dense kernels' rounding learned up or down per weight,
 tri-planes and biases trained at their levels) for --finetune-epochs (default 30; neither for
 a run without its voxels), and written with
@@ -53,9 +53,9 @@ VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
-QAT_STEPS = {8: 0, 6: 364_000, 5: 364_000, 4: 364_000}
-"""Per file bits, optimizer steps of quantization-aware training (vox_tf.quantized_finetuning.
-train_quantized) before the fine-tuning, in whole epochs and at most QAT_MAX_EPOCHS
+QAT_STEPS = 364_000
+"""Optimizer steps of quantization-aware training (vox_tf.quantized_finetuning.
+train_quantized) before the fine-tuning, in whole epochs and at most QAT_MAX_EPOCHS[bits]
 (qat_epochs_for). The fine-tuning alone moves a kernel weight by one level at most: at 4 bits
 it leaves thousands of wrong voxels, at 6 bits enough to lose 0.1-0.7 point on four of six
 searched nets (0.000 and 0.003 on the others), at 5 bits 1.4-2.8 (two measured). Training the
@@ -75,20 +75,23 @@ surface and resolution: 14-157 batches of 2048 on seven meshes at 128^3, 205-455
 Longer is better at 4 bits, in -2 to +3 % bytes, and where the nets were short of steps far
 better: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17; 14 batches) 13 (+0.060
 points; 3,031 B) against 98 (-1.210; 2,942 B), Wuson (11,591, 2; 36) 0 (+0.011) against 22
-(-0.114), Spider_binary (10,695, 417; 28) 497 against 620, bunny (15,799, 2; 61) 315 (7,532 B)
-against 516; at 256^3 much less: mgn10_125611516241372_TShirtNoCoat (322) 2,085 (-3.465;
+(-0.114), teapot (13,991, 0; 56) 2 (-0.007; 6,447 B) against 6 (-0.022; 6,568 B), spider
+(11,991, 4; 28) 106 (-0.799; 4,676 B) against 213 (-1.629; 4,741 B), Spider_binary (10,695,
+417; 28) 497 against 620, bunny (15,799, 2; 61) 315 (7,532 B) against 516; at 256^3 much less: mgn10_125611516241372_TShirtNoCoat (322) 2,085 (-3.465;
 10,088 B) against 2,239, thingi32_64444 (455) 1,523 (-1.587; 9,179 B) against 1,916, in 1.3-1.8
 h a file here (beside another pack). 364,000 steps are 800 epochs of thingi32_64444, the most
 batches measured: the time of a training is about that of the slowest measured before (~30 min
-at 256^3 on 2 cores), and the nets with fewer batches get more epochs in it. 8 bits lose nothing
-to buy back (within 0.02 point) and skip it; so does, by default, any file whose fine-tuning
-alone loses no more (QAT_SKIP_POINTS)."""
-QAT_MAX_EPOCHS = 3000
-"""The most epochs QAT_STEPS gives: the longest training measured (above); at 128^3 the
-steps would give 2,300-26,000."""
+at 256^3 on 2 cores), and the nets with fewer batches get more epochs in it. So does, by
+default, any file whose fine-tuning alone loses no more (QAT_SKIP_POINTS)."""
+QAT_MAX_EPOCHS = {8: 0, 6: 800, 5: 800, 4: 3000}
+"""Per file bits, the most epochs QAT_STEPS gives (at 128^3 the steps alone would give
+2,300-26,000). 4 bits: 3000, the longest training measured (above). 6 and 5 bits: 800, as
+many as 6 bits needed on every net measured; 3000 bought nothing there but bytes (6 bits,
+128^3: 3DSMaxExport +0.257 points either way, 3,901 B against 3,814; spider +0.031, 6,591 B
+against 6,419). 8 bits lose nothing to buy back (within 0.02 point): none."""
 QAT_SKIP_POINTS = 0.02
 """IoU points a lossy file fine-tuned alone may lose against the float32 model for the default
-to keep it untrained (the 8-bit bar); beyond it, it is trained for QAT_STEPS. The training
+to keep it untrained (the 8-bit bar); beyond it, it is trained (QAT_STEPS). The training
 is for what the fine-tuning leaves: where it leaves nothing it only spreads the levels, 7-11 %
 more bytes for no voxel (6 bits: bunny 128^3 -0.003 points alone, 10,003 B against 10,739
 trained; mgn10_125611510010088_ShirtNoCoat 256^3 0.000, 11,346 B against 12,604), and 20-30
@@ -267,14 +270,16 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
 
 def qat_epochs_for(bits, batches_per_epoch):
     """Epochs of training at its levels that a lossy ``bits`` file gets by default, for a fine
-    stage of ``batches_per_epoch``: QAT_STEPS[bits] steps in whole epochs, at most
-    QAT_MAX_EPOCHS.
+    stage of ``batches_per_epoch``: QAT_STEPS steps in whole epochs, at most
+    QAT_MAX_EPOCHS[bits].
 
     Example:
-        >>> [qat_epochs_for(4, batches) for batches in (455, 322, 56)], qat_epochs_for(8, 56)
-        ([800, 1131, 3000], 0)
+        >>> [qat_epochs_for(4, batches) for batches in (455, 322, 56)]
+        [800, 1131, 3000]
+        >>> [qat_epochs_for(bits, 56) for bits in (8, 6)], qat_epochs_for(6, 910)
+        ([0, 800], 400)
     """
-    return min(QAT_MAX_EPOCHS, -(-QAT_STEPS[bits] // batches_per_epoch))
+    return min(QAT_MAX_EPOCHS[bits], -(-QAT_STEPS // batches_per_epoch))
 
 
 def _load_cached(reconstructor, cache):
@@ -368,7 +373,7 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
     if not lossless_mode:
         reconstructor = None
-        if qat_epochs is None and QAT_STEPS[bits]:
+        if qat_epochs is None and QAT_MAX_EPOCHS[bits]:
             reconstructor = _untrained_if_close(directory, bits, epochs, voxels)
         if reconstructor is None:
             reconstructor = finetuned(directory, bits, epochs, voxels, qat_epochs=qat_epochs)
@@ -456,12 +461,11 @@ def _parser():
                         f"{FINETUNE_EPOCHS}; 0 and --qat-epochs 0: quantize only)")
     p.add_argument("--qat-epochs", type=int, default=None,
                    help="epochs of training the fine net at its levels before the fine-tuning "
-                        "(default: the whole epochs of " + ", ".join(
-                            f"{steps:,} steps at {bits} bits"
-                            for bits, steps in QAT_STEPS.items() if steps)
-                        + f", at most {QAT_MAX_EPOCHS}; none at other bits, nor where the "
-                        f"fine-tuning alone loses at most {QAT_SKIP_POINTS} IoU points; with "
-                        f"--lossless: {LOSSLESS_QAT_EPOCHS})")
+                        f"(default: the whole epochs of {QAT_STEPS:,} steps, at most "
+                        + ", ".join(f"{epochs} at {bits} bits"
+                                    for bits, epochs in QAT_MAX_EPOCHS.items() if epochs)
+                        + f"; none at other bits, nor where the fine-tuning alone loses at most "
+                        f"{QAT_SKIP_POINTS} IoU points; with --lossless: {LOSSLESS_QAT_EPOCHS})")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p
 
