@@ -77,12 +77,13 @@ better: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17; 14 batches) 1
 points; 3,031 B) against 98 (-1.210; 2,942 B), Wuson (11,591, 2; 36) 0 (+0.011) against 22
 (-0.114), teapot (13,991, 0; 56) 2 (-0.007; 6,447 B) against 6 (-0.022; 6,568 B), spider
 (11,991, 4; 28) 106 (-0.799; 4,676 B) against 213 (-1.629; 4,741 B), Spider_binary (10,695,
-417; 28) 497 against 620, bunny (15,799, 2; 61) 315 (7,532 B) against 516; at 256^3 much less: mgn10_125611516241372_TShirtNoCoat (322) 2,085 (-3.465;
-10,088 B) against 2,239, thingi32_64444 (455) 1,523 (-1.587; 9,179 B) against 1,916, in 1.3-1.8
-h a file here (beside another pack). 364,000 steps are 800 epochs of thingi32_64444, the most
-batches measured: the time of a training is about that of the slowest measured before (~30 min
-at 256^3 on 2 cores), and the nets with fewer batches get more epochs in it. So does, by
-default, any file whose fine-tuning alone loses no more (QAT_SKIP_POINTS)."""
+417; 28) 497 against 620, bunny (15,799, 2; 61) 315 (7,532 B) against 516; at 256^3 much
+less: mgn10_125611516241372_TShirtNoCoat (322) 2,085 (-3.465; 10,088 B) against 2,239,
+thingi32_64444 (455) 1,523 (-1.587; 9,179 B) against 1,916, in 1.3-1.8 h a file here (beside
+another pack); TShirtNoCoat at 1,131 epochs (these steps) 2,198 (-3.643; 10,070 B). 364,000 steps are 800 epochs of thingi32_64444, the most batches measured: a
+training takes about as long as the slowest measured before (~30 min at 256^3 on 2 cores), and
+the nets with fewer batches get more epochs in it. A file whose fine-tuning alone loses at most
+QAT_SKIP_POINTS skips it by default."""
 QAT_MAX_EPOCHS = {8: 0, 6: 800, 5: 800, 4: 3000}
 """Per file bits, the most epochs QAT_STEPS gives (at 128^3 the steps alone would give
 2,300-26,000). 4 bits: 3000, the longest training measured (above). 6 and 5 bits: 800, as
