@@ -101,7 +101,7 @@ def _cell(size, voxels):
 
 
 def main(argv=None):
-    from vox_tf.pack import FINETUNE_EPOCHS, QAT_MAX_EPOCHS, QAT_STEPS
+    from vox_tf.pack import FINETUNE_EPOCHS, QAT_MAX_EPOCHS, QAT_MIN_EPOCHS, QAT_STEPS
     from vox_tf.quantization import BITS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -114,7 +114,8 @@ def main(argv=None):
     parser.add_argument("--qat-epochs", type=int, default=None,
                         help="epochs of training at the lossy files' levels before the "
                              f"fine-tuning (default as vox_tf.pack: the whole epochs of "
-                             f"{QAT_STEPS:,} steps, at most per bits {QAT_MAX_EPOCHS}; "
+                             f"{QAT_STEPS:,} steps, at least {QAT_MIN_EPOCHS}, at most per "
+                             f"bits {QAT_MAX_EPOCHS}; "
                              "lossless files: vox_tf.pack's default)")
     parser.add_argument("--bits", type=int, nargs="*", choices=BITS, default=list(BITS),
                         help="bits of the lossy files packed (none: lossless files only)")

@@ -367,11 +367,10 @@ def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_los
     assert trained != pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=0)[0]
 
 
-def test_by_default_the_training_runs_its_steps_in_whole_epochs_up_to_a_most(
+def test_by_default_the_training_runs_its_steps_in_whole_epochs_within_bounds(
         run, tmp_path, monkeypatch, capsys):
-    """An epoch's batches go with the model's surface and resolution: the default trains every
-    model about as long (and a model of few batches an epoch for more epochs), but not without
-    end."""
+    """An epoch's batches go with the model's surface and resolution: the default trains a
+    model of few batches an epoch for more epochs, within the bounds that were measured."""
     run_dir, _, voxels = run
     # none of the fixture's cached trainings: this one must train to say for how long
     copy = shutil.copytree(run_dir, tmp_path / "run",
@@ -379,12 +378,16 @@ def test_by_default_the_training_runs_its_steps_in_whole_epochs_up_to_a_most(
     batches = fine_batches(run_dir, voxels)
     monkeypatch.setattr(pack, "QAT_STEPS", (TRAINED - 1) * batches + 1)  # a step into the last
     monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, 100 * TRAINED)
+    monkeypatch.setattr(pack, "QAT_MIN_EPOCHS", 1)
     capsys.readouterr()
     by_steps = pack.pack_run(copy, bits=4, finetune_epochs=0)[0]
     assert f"{TRAINED} epochs of 4-bit training" in capsys.readouterr().err
     assert by_steps == pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=TRAINED)[0]
     monkeypatch.setattr(pack, "QAT_STEPS", 100 * TRAINED * batches)
     monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, TRAINED)
+    assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == by_steps
+    monkeypatch.setattr(pack, "QAT_STEPS", 1)
+    monkeypatch.setattr(pack, "QAT_MIN_EPOCHS", TRAINED)
     assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == by_steps
 
 

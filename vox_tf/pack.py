@@ -5,8 +5,8 @@
 RUN_DIR is a training run (python -m vox_tf.train) or a search run (its final model is in
 RUN_DIR/model). The fine network is quantized to --bits per output channel
 (vox_tf.quantization), trained at its levels for --qat-epochs (by default lossy 4- to 6-bit
-files, for QAT_STEPS optimizer steps in at most QAT_MAX_EPOCHS, unless the fine-tuning alone
-loses at most QAT_SKIP_POINTS), fine-tuned
+files, for QAT_STEPS optimizer steps in QAT_MIN_EPOCHS to QAT_MAX_EPOCHS, unless the
+fine-tuning alone loses at most QAT_SKIP_POINTS), fine-tuned
 (vox_tf.quantized_finetuning: the Dense kernels' rounding learned up or down per weight,
 tri-planes and biases trained at their levels) for --finetune-epochs (default 30; neither for
 a run without its voxels), and written with
@@ -53,40 +53,48 @@ VOXELS_FILE = "voxels.npz"
 """The input grid, kept in a training run directory by vox_tf.train."""
 QUANTIZED_DIR = "quantized"
 FINETUNE_EPOCHS = 30
-QAT_STEPS = 364_000
+QAT_STEPS = 183_000
 """Optimizer steps of quantization-aware training (vox_tf.quantized_finetuning.
-train_quantized) before the fine-tuning, in whole epochs and at most QAT_MAX_EPOCHS[bits]
-(qat_epochs_for). The fine-tuning alone moves a kernel weight by one level at most: at 4 bits
-it leaves thousands of wrong voxels, at 6 bits enough to lose 0.1-0.7 point on four of six
-searched nets (0.000 and 0.003 on the others), at 5 bits 1.4-2.8 (two measured). Training the
-net at its levels first takes half to nearly all of them away, for 4-11 % more bytes (the levels
-spread out; the 128:relu x3 net's 4-bit file is 5 % smaller). Decoded files, wrong voxels (IoU
-points against float32) after 800 epochs and without them: mgn10_125611516241372_TShirtNoCoat
-256^3, default search (20,487 fine params, 0 in float32): 6 bits 27 (-0.046; 14,330 B) against
-171 (-0.289; 13,185 B), 4 bits 2,239 against 4,503; thingi32_64444 256^3 (17,655, 115): 6 bits
-109 (+0.007; 12,595 B) against 585 (-0.533; 11,633 B); 3DSMaxExport 128^3 (9,095, 17): 6 bits 0
-(+0.257) against 25 (-0.121), 5 bits 7 (+0.151) against 111 (-1.414); TShirtNoCoat 5 bits 731
-(-1.229) against 1,708 (-2.849); its 128:relu x3 net (47,879, 8): 4 bits 49 (-0.069) against
-3,578; bunny 128^3 (15,799, 2): 4 bits 516 against 1,653, 6 bits 2 (10,739 B) against 3 (10,003
-B); mgn10_125611510010088_ShirtNoCoat 256^3 (18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346
-B). Counted in steps because an epoch is the fine stage's samples, which go with the model's
+train_quantized) before the fine-tuning, in whole epochs, at least QAT_MIN_EPOCHS and at most
+QAT_MAX_EPOCHS[bits] (qat_epochs_for). The fine-tuning alone moves a kernel weight by one level
+at most: at 4 bits it leaves thousands of wrong voxels, at 6 bits enough to lose 0.1-0.7 point
+on four of six searched nets (0.000 and 0.003 on the others), at 5 bits 1.4-2.8 (two
+measured). Training the net at its levels first takes half to nearly all of them away, for
+4-11 % more bytes (the levels spread out; the 128:relu x3 net's 4-bit file is 5 % smaller).
+Decoded files, wrong voxels (IoU points against float32) after 800 epochs and without them:
+mgn10_125611516241372_TShirtNoCoat 256^3, default search (20,487 fine params, 0 in float32): 6
+bits 27 (-0.046; 14,330 B) against 171 (-0.289; 13,185 B), 4 bits 2,239 against 4,503;
+thingi32_64444 256^3 (17,655, 115): 6 bits 109 (+0.007; 12,595 B) against 585 (-0.533; 11,633
+B); 3DSMaxExport 128^3 (9,095, 17): 6 bits 0 (+0.257) against 25 (-0.121), 5 bits 7 (+0.151)
+against 111 (-1.414); TShirtNoCoat 5 bits 731 (-1.229) against 1,708 (-2.849); its 128:relu x3
+net (47,879, 8): 4 bits 49 (-0.069) against 3,578; bunny 128^3 (15,799, 2): 4 bits 516 against
+1,653, 6 bits 2 (10,739 B) against 3 (10,003 B); mgn10_125611510010088_ShirtNoCoat 256^3
+(18,215, 0): 6 bits 0 (12,604 B) against 0 (11,346 B).
+
+Counted in steps because an epoch is the fine stage's samples, which go with the model's
 surface and resolution: 14-157 batches of 2048 on seven meshes at 128^3, 205-455 on three
-256^3 grids, so 800 epochs were 11,000-126,000 steps at 128^3 and 164,000-364,000 at 256^3.
-Longer is better at 4 bits, in -2 to +3 % bytes, and where the nets were short of steps far
-better: 3000 epochs against 800 at 128^3, 3DSMaxExport (9,095, 17; 14 batches) 13 (+0.060
-points; 3,031 B) against 98 (-1.210; 2,942 B), Wuson (11,591, 2; 36) 0 (+0.011) against 22
-(-0.114), teapot (13,991, 0; 56) 2 (-0.007; 6,447 B) against 6 (-0.022; 6,568 B), spider
-(11,991, 4; 28) 106 (-0.799; 4,676 B) against 213 (-1.629; 4,741 B), Spider_binary (10,695,
-417; 28) 497 against 620, bunny (15,799, 2; 61) 315 (7,532 B) against 516; at 256^3 much
-less: mgn10_125611516241372_TShirtNoCoat (322) 2,085 (-3.465; 10,088 B) against 2,239,
-thingi32_64444 (455) 1,523 (-1.587; 9,179 B) against 1,916, in 1.3-1.8 h a file here (beside
-another pack); TShirtNoCoat at 1,131 epochs (these steps) 2,198 (-3.643; 10,070 B). 364,000 steps are 800 epochs of thingi32_64444, the most batches measured: a
-training takes about as long as the slowest measured before (~30 min at 256^3 on 2 cores), and
-the nets with fewer batches get more epochs in it. A file whose fine-tuning alone loses at most
-QAT_SKIP_POINTS skips it by default."""
+256^3 grids, so 800 epochs were 11,000-126,000 steps at 128^3 and 164,000-364,000 at 256^3. At
+4 bits, the nets that had few steps gained much from more, up to 183,000 (3000 epochs against
+800 at 128^3; params, float32 wrong voxels, batches an epoch): 3DSMaxExport (9,095, 17; 14) 13
+(+0.060 points; 3,031 B) against 98 (-1.210; 2,942 B), Wuson (11,591, 2; 36) 0 (+0.011)
+against 22 (-0.114), teapot (13,991, 0; 56) 2 (-0.007; 6,447 B) against 6 (-0.022; 6,568 B),
+spider (11,991, 4; 28) 106 (-0.799; 4,676 B) against 213 (-1.629; 4,741 B), Spider_binary
+(10,695, 417; 28) 497 against 620, bunny (15,799, 2; 61) 315 (7,532 B) against 516. The
+256^3 nets, past 164,000 steps at 800 epochs, gained little or nothing from more:
+mgn10_125611516241372_TShirtNoCoat (322) 2,198 (-3.643; 10,070 B) at 1,131 epochs and 2,085
+(-3.465; 10,088 B) at 3000 against 2,239; thingi32_64444 (455) 1,523 (-1.587; 9,179 B) at 3000
+against 1,916; mgn10_125611510010088_ShirtNoCoat (205) 348 (-0.918; 8,683 B) at 1,776 against
+326 (-0.860; 8,715 B); 32-35 min a file at 1,131-1,776 epochs and 1.3-1.8 h at 3000 here
+(beside other packs), against 16-31 min at 800. So 183,000 steps, bunny's 3000 epochs, the
+most measured to gain: every 128^3 net above gets 3000 epochs (sphereWithHole, 157 batches,
+1,166) and the 256^3 nets keep their 800 (QAT_MIN_EPOCHS; ShirtNoCoat 893). A file whose
+fine-tuning alone loses at most QAT_SKIP_POINTS skips it by default."""
+QAT_MIN_EPOCHS = 800
+"""The fewest epochs QAT_STEPS gives: the fewest measured on the 256^3 grids (above), where
+the steps alone would give 403-893."""
 QAT_MAX_EPOCHS = {8: 0, 6: 800, 5: 800, 4: 3000}
 """Per file bits, the most epochs QAT_STEPS gives (at 128^3 the steps alone would give
-2,300-26,000). 4 bits: 3000, the longest training measured (above). 6 and 5 bits: 800, as
+1,166-13,072). 4 bits: 3000, the longest training measured (above). 6 and 5 bits: 800, as
 many as 6 bits needed on every net measured; 3000 bought nothing there but bytes (6 bits,
 128^3: 3DSMaxExport +0.257 points either way, 3,901 B against 3,814; spider +0.031, 6,591 B
 against 6,419). 8 bits lose nothing to buy back (within 0.02 point): none."""
@@ -271,16 +279,16 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
 
 def qat_epochs_for(bits, batches_per_epoch):
     """Epochs of training at its levels that a lossy ``bits`` file gets by default, for a fine
-    stage of ``batches_per_epoch``: QAT_STEPS steps in whole epochs, at most
-    QAT_MAX_EPOCHS[bits].
+    stage of ``batches_per_epoch``: QAT_STEPS steps in whole epochs, at least QAT_MIN_EPOCHS
+    and at most QAT_MAX_EPOCHS[bits].
 
     Example:
-        >>> [qat_epochs_for(4, batches) for batches in (455, 322, 56)]
-        [800, 1131, 3000]
-        >>> [qat_epochs_for(bits, 56) for bits in (8, 6)], qat_epochs_for(6, 910)
-        ([0, 800], 400)
+        >>> [qat_epochs_for(4, batches) for batches in (14, 61, 157, 455)]
+        [3000, 3000, 1166, 800]
+        >>> [qat_epochs_for(bits, 61) for bits in (8, 6)]
+        [0, 800]
     """
-    return min(QAT_MAX_EPOCHS[bits], -(-QAT_STEPS // batches_per_epoch))
+    return min(QAT_MAX_EPOCHS[bits], max(QAT_MIN_EPOCHS, -(-QAT_STEPS // batches_per_epoch)))
 
 
 def _load_cached(reconstructor, cache):
@@ -460,13 +468,15 @@ def _parser():
     p.add_argument("--finetune-epochs", type=int, default=None,
                    help=f"epochs of fine-tuning the fine net's k-bit weights (default "
                         f"{FINETUNE_EPOCHS}; 0 and --qat-epochs 0: quantize only)")
+    defaults = "; ".join(
+        f"{most} at {bits} bits" if most <= QAT_MIN_EPOCHS else
+        f"at {bits} bits the whole epochs of {QAT_STEPS:,} steps, {QAT_MIN_EPOCHS} to {most}"
+        for bits, most in QAT_MAX_EPOCHS.items() if most)
     p.add_argument("--qat-epochs", type=int, default=None,
                    help="epochs of training the fine net at its levels before the fine-tuning "
-                        f"(default: the whole epochs of {QAT_STEPS:,} steps, at most "
-                        + ", ".join(f"{epochs} at {bits} bits"
-                                    for bits, epochs in QAT_MAX_EPOCHS.items() if epochs)
-                        + f"; none at other bits, nor where the fine-tuning alone loses at most "
-                        f"{QAT_SKIP_POINTS} IoU points; with --lossless: {LOSSLESS_QAT_EPOCHS})")
+                        f"(default {defaults}; none at other bits, nor where the fine-tuning "
+                        f"alone loses at most {QAT_SKIP_POINTS} IoU points; with --lossless: "
+                        f"{LOSSLESS_QAT_EPOCHS})")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p
 
