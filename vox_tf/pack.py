@@ -83,8 +83,8 @@ spider (11,991, 4; 28) 106 (-0.799; 4,676 B) against 213 (-1.629; 4,741 B), Spid
 256^3 nets, past 164,000 steps at 800 epochs, gained little or nothing from more:
 mgn10_125611516241372_TShirtNoCoat (322) 2,198 (-3.643; 10,070 B) at 1,131 epochs and 2,085
 (-3.465; 10,088 B) at 3000 against 2,239; thingi32_64444 (455) 1,523 (-1.587; 9,179 B) at 3000
-against 1,916; mgn10_125611510010088_ShirtNoCoat (205) 348 (-0.918; 8,683 B) at 1,776 against
-326 (-0.860; 8,715 B); 32-35 min a file at 1,131-1,776 epochs and 1.3-1.8 h at 3000 here
+against 1,916; mgn10_125611510010088_ShirtNoCoat (205) 348 (-0.918; 8,683 B) at 1,776 and 338
+(-0.893; 8,704 B) at 893 against 326 (-0.860; 8,715 B); 32-35 min a file at 1,131-1,776 epochs and 1.3-1.8 h at 3000 here
 (beside other packs), against 16-31 min at 800. So 183,000 steps, bunny's 3000 epochs, the
 most measured to gain: every 128^3 net above gets 3000 epochs (sphereWithHole, 157 batches,
 1,166) and the 256^3 nets keep their 800 (QAT_MIN_EPOCHS; ShirtNoCoat 893). A file whose
