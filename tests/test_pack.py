@@ -18,10 +18,9 @@ from scipy import ndimage
 
 import vox_tf
 from vox_tf import (grid_coding, lossless, pack, packed_model, quantization, quantized_finetuning,
-                    stage_training, train, train_config, weight_coding)
+                    train, train_config, weight_coding)
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.metrics import iou
-from vox_tf.run_layout import CONFIG_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 64
@@ -321,9 +320,7 @@ class _InterruptAfter:
 def test_interrupted_training_at_the_levels_goes_on_from_its_last_judgement(run, tmp_path):
     run_dir, _, voxels = run
     model = vox_tf.load(run_dir)
-    config = train_config.TrainConfig(
-        **json.loads((run_dir / "config.json").read_text())["config"])
-    data = stage_training.fine_stage_data(voxels, model.coarse, config)
+    data = pack.fine_stage_data_of(run_dir, model, voxels)
     checkpoint = tmp_path / "state.npz"
     fine = model.fine
     start = [np.asarray(w) for w in fine.weights]
@@ -375,7 +372,8 @@ def test_by_default_the_training_runs_its_steps_in_whole_epochs_within_bounds(
     # none of the fixture's cached trainings: this one must train to say for how long
     copy = shutil.copytree(run_dir, tmp_path / "run",
                            ignore=shutil.ignore_patterns(pack.QUANTIZED_DIR))
-    batches = fine_batches(run_dir, voxels)
+    batches = int(pack.fine_stage_data_of(run_dir, vox_tf.load(run_dir), voxels)
+                  .dataset.cardinality())
     monkeypatch.setattr(pack, "QAT_STEPS", (TRAINED - 1) * batches + 1)  # a step into the last
     monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, 100 * TRAINED)
     monkeypatch.setattr(pack, "QAT_MIN_EPOCHS", 1)
@@ -389,14 +387,6 @@ def test_by_default_the_training_runs_its_steps_in_whole_epochs_within_bounds(
     monkeypatch.setattr(pack, "QAT_STEPS", 1)
     monkeypatch.setattr(pack, "QAT_MIN_EPOCHS", TRAINED)
     assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == by_steps
-
-
-def fine_batches(run_dir, voxels):
-    """Batches an epoch of a run's fine stage."""
-    config = train_config.TrainConfig(
-        **json.loads((run_dir / CONFIG_FILE).read_text())["config"])
-    data = stage_training.fine_stage_data(voxels, vox_tf.load(run_dir).coarse, config)
-    return int(data.dataset.cardinality())
 
 
 def test_finetuning_rounds_kernels_up_or_down_and_learns_scales(run, packed):

@@ -84,11 +84,12 @@ spider (11,991, 4; 28) 106 (-0.799; 4,676 B) against 213 (-1.629; 4,741 B), Spid
 mgn10_125611516241372_TShirtNoCoat (322) 2,198 (-3.643; 10,070 B) at 1,131 epochs and 2,085
 (-3.465; 10,088 B) at 3000 against 2,239; thingi32_64444 (455) 1,523 (-1.587; 9,179 B) at 3000
 against 1,916; mgn10_125611510010088_ShirtNoCoat (205) 348 (-0.918; 8,683 B) at 1,776 and 338
-(-0.893; 8,704 B) at 893 against 326 (-0.860; 8,715 B); 32-35 min a file at 1,131-1,776 epochs and 1.3-1.8 h at 3000 here
-(beside other packs), against 16-31 min at 800. So 183,000 steps, bunny's 3000 epochs, the
-most measured to gain: every 128^3 net above gets 3000 epochs (sphereWithHole, 157 batches,
-1,166) and the 256^3 nets keep their 800 (QAT_MIN_EPOCHS; ShirtNoCoat 893). A file whose
-fine-tuning alone loses at most QAT_SKIP_POINTS skips it by default."""
+(-0.893; 8,704 B) at 893 against 326 (-0.860; 8,715 B); 32-35 min a file at 1,131-1,776
+epochs and 1.3-1.8 h at 3000 here (beside other packs), against 16-31 min at 800. So 183,000
+steps, bunny's 3000 epochs, the most measured to gain: every 128^3 net above gets 3000 epochs
+(sphereWithHole, 157 batches, 1,166) and the 256^3 nets keep their 800 (QAT_MIN_EPOCHS;
+ShirtNoCoat 893). A file whose fine-tuning alone loses at most QAT_SKIP_POINTS skips it by
+default."""
 QAT_MIN_EPOCHS = 800
 """The fewest epochs QAT_STEPS gives: the fewest measured on the 256^3 grids (above), where
 the steps alone would give 403-893."""
@@ -226,9 +227,6 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
 
     The result is cached in DIR/quantized/ (atomically) and reused.
     """
-    from vox_tf.stage_training import fine_stage_data
-    from vox_tf.train_config import TrainConfig
-
     directory = Path(directory)
     reconstructor = HierarchicalReconstructor.load(directory)
     if epochs == 0 and qat_epochs == 0:
@@ -236,16 +234,15 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
     if voxels.resolution != reconstructor.resolution:
         raise MeshError(voxels.source, f"resolution {voxels.resolution} is not the model's "
                                        f"{reconstructor.resolution}")
-    config = TrainConfig(**json.loads((directory / CONFIG_FILE).read_text())["config"])
     data = None
     if qat_epochs is None:  # the default counts steps: the fine stage's batches give the epochs
-        data = fine_stage_data(voxels, reconstructor.coarse, config)
+        data = fine_stage_data_of(directory, reconstructor, voxels)
         qat_epochs = qat_epochs_for(bits, int(data.dataset.cardinality()))
     cache = directory / QUANTIZED_DIR / finetune_cache_name(bits, extra_bits, epochs, qat_epochs)
     if _load_cached(reconstructor, cache):
         return reconstructor
     if data is None:
-        data = fine_stage_data(voxels, reconstructor.coarse, config)
+        data = fine_stage_data_of(directory, reconstructor, voxels)
     training = f"{qat_epochs} epochs of {bits}-bit training, then " if qat_epochs else ""
     print(f"fine stage: {training}{epochs} epochs of {bits}-bit fine-tuning (first layer "
           f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
@@ -275,6 +272,16 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
         print(finetune_outcome(outcome, bits), file=sys.stderr)
         _save_cached(reconstructor, cache)
     return reconstructor
+
+
+def fine_stage_data_of(directory, reconstructor, voxels):
+    """The fine stage's vox_tf.stage_training.StageData that the run in ``directory`` trained
+    on (its own config.json), in ``reconstructor``'s coarse mask, against ``voxels``."""
+    from vox_tf.stage_training import fine_stage_data
+    from vox_tf.train_config import TrainConfig
+
+    config = TrainConfig(**json.loads((Path(directory) / CONFIG_FILE).read_text())["config"])
+    return fine_stage_data(voxels, reconstructor.coarse, config)
 
 
 def qat_epochs_for(bits, batches_per_epoch):
