@@ -101,7 +101,7 @@ def _cell(size, voxels):
 
 
 def main(argv=None):
-    from vox_tf.pack import FINETUNE_EPOCHS, QAT_MAX_EPOCHS, QAT_MIN_EPOCHS, QAT_STEPS
+    from vox_tf.pack_finetuning import FINETUNE_EPOCHS, QAT_MAX_EPOCHS, QAT_MIN_EPOCHS, QAT_STEPS
     from vox_tf.quantization import BITS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

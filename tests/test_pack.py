@@ -17,8 +17,8 @@ import pytest
 from scipy import ndimage
 
 import vox_tf
-from vox_tf import (grid_coding, lossless, pack, packed_model, quantization, quantized_finetuning,
-                    train, train_config, weight_coding)
+from vox_tf import (grid_coding, lossless, pack, pack_finetuning, packed_model, quantization,
+                    quantized_finetuning, train, train_config, weight_coding)
 from vox_tf.grid import VoxelGrid, indices_from_dense, voxel_centers
 from vox_tf.metrics import iou
 
@@ -253,8 +253,8 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
                 f"{4 + extra.planes})") in packed["4-lossless stderr"]
     cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, TRAINED),
               (4, default, 2, TRAINED), *((4, extra, 4, 0) for extra in tuned_again)}
-    assert sorted(p.name for p in (run_dir / pack.QUANTIZED_DIR).iterdir()) == sorted(
-        pack.finetune_cache_name(*settings) for settings in cached)
+    assert sorted(p.name for p in (run_dir / pack_finetuning.QUANTIZED_DIR).iterdir()) == sorted(
+        pack_finetuning.finetune_cache_name(*settings) for settings in cached)
 
 
 def test_training_at_the_levels_beats_quantizing_and_the_file_holds_what_it_judged(run, packed):
@@ -320,7 +320,7 @@ class _InterruptAfter:
 def test_interrupted_training_at_the_levels_goes_on_from_its_last_judgement(run, tmp_path):
     run_dir, _, voxels = run
     model = vox_tf.load(run_dir)
-    data = pack.fine_stage_data_of(run_dir, model, voxels)
+    data = pack_finetuning.fine_stage_data_of(run_dir, model, voxels)
     checkpoint = tmp_path / "state.npz"
     fine = model.fine
     start = [np.asarray(w) for w in fine.weights]
@@ -348,8 +348,8 @@ def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_los
     float32 model's IoU, the default keeps that file; where it loses, it trains."""
     run_dir, _, _ = run
     copy = shutil.copytree(run_dir, tmp_path / "run")  # with the fixture's cached weights
-    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 8, TRAINED)
-    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, TRAINED)
+    monkeypatch.setitem(pack_finetuning.QAT_MAX_EPOCHS, 8, TRAINED)
+    monkeypatch.setitem(pack_finetuning.QAT_MAX_EPOCHS, 4, TRAINED)
     capsys.readouterr()
     kept = pack.pack_run(copy, bits=8, finetune_epochs=2)[0]  # 8 bits lose nothing
     stderr = capsys.readouterr().err
@@ -371,21 +371,22 @@ def test_by_default_the_training_runs_its_steps_in_whole_epochs_within_bounds(
     run_dir, _, voxels = run
     # none of the fixture's cached trainings: this one must train to say for how long
     copy = shutil.copytree(run_dir, tmp_path / "run",
-                           ignore=shutil.ignore_patterns(pack.QUANTIZED_DIR))
-    batches = int(pack.fine_stage_data_of(run_dir, vox_tf.load(run_dir), voxels)
+                           ignore=shutil.ignore_patterns(pack_finetuning.QUANTIZED_DIR))
+    batches = int(pack_finetuning.fine_stage_data_of(run_dir, vox_tf.load(run_dir), voxels)
                   .dataset.cardinality())
-    monkeypatch.setattr(pack, "QAT_STEPS", (TRAINED - 1) * batches + 1)  # a step into the last
-    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, 100 * TRAINED)
-    monkeypatch.setattr(pack, "QAT_MIN_EPOCHS", 1)
+    # a step into the last epoch
+    monkeypatch.setattr(pack_finetuning, "QAT_STEPS", (TRAINED - 1) * batches + 1)
+    monkeypatch.setitem(pack_finetuning.QAT_MAX_EPOCHS, 4, 100 * TRAINED)
+    monkeypatch.setattr(pack_finetuning, "QAT_MIN_EPOCHS", 1)
     capsys.readouterr()
     by_steps = pack.pack_run(copy, bits=4, finetune_epochs=0)[0]
     assert f"{TRAINED} epochs of 4-bit training" in capsys.readouterr().err
     assert by_steps == pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=TRAINED)[0]
-    monkeypatch.setattr(pack, "QAT_STEPS", 100 * TRAINED * batches)
-    monkeypatch.setitem(pack.QAT_MAX_EPOCHS, 4, TRAINED)
+    monkeypatch.setattr(pack_finetuning, "QAT_STEPS", 100 * TRAINED * batches)
+    monkeypatch.setitem(pack_finetuning.QAT_MAX_EPOCHS, 4, TRAINED)
     assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == by_steps
-    monkeypatch.setattr(pack, "QAT_STEPS", 1)
-    monkeypatch.setattr(pack, "QAT_MIN_EPOCHS", TRAINED)
+    monkeypatch.setattr(pack_finetuning, "QAT_STEPS", 1)
+    monkeypatch.setattr(pack_finetuning, "QAT_MIN_EPOCHS", TRAINED)
     assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == by_steps
 
 
@@ -436,7 +437,7 @@ def test_lossless_file_decodes_to_exactly_the_input(run, packed, tmp_path):
             in packed["4-lossless stdout"])
     sizes = {}
     for width in pack.LOSSLESS_EXTRA_BITS:
-        tuned = pack.finetuned(run_dir, 4, 4, voxels, width)
+        tuned = pack_finetuning.finetuned(run_dir, 4, 4, voxels, width)
         blob, parts = pack._lossless_file(tuned, 4, width, voxels.dense())
         lossy, _ = packed_model.pack(tuned, 4, extra_bits=width)
         assert len(blob) == len(lossy) + parts["residual"] + 13 > len(lossy)
