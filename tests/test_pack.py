@@ -605,11 +605,12 @@ def test_compression_bench_smoke_prints_every_figure():
     assert "torus" in result.stdout and "IoU" in result.stdout
 
 
-def test_search_objective_can_price_packed_bytes(run, tmp_path):
+def test_search_objective_can_price_packed_bytes_and_what_the_bits_lose(run, tmp_path):
     from vox_tf import search_config, search_space
 
-    run_dir, _, _ = run
-    fine = vox_tf.load(run_dir).fine
+    run_dir, _, voxels = run
+    reconstructor = vox_tf.load(run_dir)
+    fine = reconstructor.fine
     config_file = tmp_path / "packed.yaml"
     config_file.write_text("fine:\n  objective: {kind: packed_reward, a: 0.98, b: 7553, c: 2.0e+7, bits: 4}\n")
     objective = search_config.load_config(config_file).fine.objective
@@ -619,6 +620,19 @@ def test_search_objective_can_price_packed_bytes(run, tmp_path):
     metrics = {"accuracy": 0.99, "iou": 0.9, "chamfer_l2": 0.0, "wrong_voxels": 3}
     scored = search_space.scored_metrics(metrics, 1000, objective, size)
     assert scored["objective"] == pytest.approx(0.01 + (7553 - size) / 2e7)
+    # the accuracy it scores is the network's at 4 bits, not the float32 one's
+    data = pack_finetuning.fine_stage_data_of(run_dir, reconstructor, voxels)
+    before = [w.copy() for w in fine.get_weights()]
+    float32 = data.evaluate(fine)
+    judged = objective.judged(fine, data, float32)
+    assert judged["wrong_voxels"] > float32["wrong_voxels"]
+    assert all(np.array_equal(a, b) for a, b in zip(fine.get_weights(), before))  # restored
+    scored = search_space.scored_metrics(float32, 1000, objective, size, judged)
+    assert scored["objective"] == pytest.approx(judged["accuracy"] - 0.98 + (7553 - size) / 2e7)
+    assert (scored["accuracy"], scored["wrong_voxels_judged"]) == (float32["accuracy"],
+                                                                  judged["wrong_voxels"])
+    priced_by_params = search_config.ObjectiveConfig()
+    assert priced_by_params.judged(fine, data, float32) is float32
     bad = tmp_path / "bad.yaml"
     bad.write_text("fine:\n  objective: {kind: packed_reward, bits: 3}\n")
     with pytest.raises(vox_tf.MeshError, match="bits"):

@@ -194,6 +194,25 @@ def test_a_choice_that_ends_below_min_iou_gets_a_runner_up_more_accurate_after_t
     assert search_final.runner_up(retrained[:1] + retrained[2:], chosen, final, 0.99) is None
 
 
+def test_a_search_pricing_4_bit_files_judges_each_fine_trial_at_4_bits(tmp_path):
+    """packed_reward prices what a 4-bit file holds: each fine trial is scored on its weights
+    quantized to 4 bits (how much they lose: tests/test_pack.py), and reports what they get
+    wrong beside what its float32 weights do."""
+    fine = {**TINY["fine"], "objective": {"kind": "packed_reward", "c": 2.0e7, "bits": 4}}
+    config = load_config(write_config(tmp_path / "packed.yaml", {**TINY, "fine": fine}))
+    out = tmp_path / "sphere"
+    search_pipeline.run_search(sphere_voxels(), config, out, verbose=0)
+    trials = [json.loads(path.read_text())["metrics"]["metrics"]
+              for path in sorted((out / "search" / "fine").glob("trial_*/trial.json"))]
+
+    def last(metrics, key):
+        return metrics[key]["observations"][-1]["value"][0]
+
+    assert len(trials) > 1 and all("wrong_voxels_judged" in metrics for metrics in trials)
+    # a trial of two epochs is far from its grid, but 4 bits move some of its voxels
+    assert any(last(m, "wrong_voxels_judged") != last(m, "wrong_voxels") for m in trials)
+
+
 def test_conditional_layers_only_count_while_active():
     values = {"layers": 1, "width_0": 16, "activation_0": "relu", "width_1": 8, "activation_1": "elu"}
     assert arch_from_values(values) == "16:relu"

@@ -134,7 +134,7 @@ class StageHyperModel(keras_tuner.HyperModel):
         config = train_config(self.config, encoding, eval_every=epochs_to_train,
                               jit_compile=self.config.training.jit_compile_trials,
                               verbose=self.verbose)
-        scorer = ObjectiveLogger(self.settings.objective)
+        scorer = ObjectiveLogger(self.settings.objective, self.data)
         for session in callbacks:
             # keras_tuner names each HParams session by its trial id alone, and both stages
             # number their trials from 0000: the dashboard would merge coarse 0000 with fine
@@ -143,8 +143,10 @@ class StageHyperModel(keras_tuner.HyperModel):
                 session._trial_id = f"{self.stage} {session._trial_id}"
         result = train_stage(model, self.data, epochs_to_train, config,
                              callbacks=[scorer, *callbacks])
-        scored = scored_metrics(result.metrics, parameter_count(model), self.settings.objective,
-                                self.settings.objective.size(model))
+        objective = self.settings.objective
+        scored = scored_metrics(result.metrics, parameter_count(model), objective,
+                                objective.size(model),
+                                objective.judged(model, self.data, result.metrics))
         for board in callbacks:
             # keras_tuner points its TensorBoard callback at this trial's own directory.
             if isinstance(board, keras.callbacks.TensorBoard):
@@ -166,25 +168,33 @@ class StageHyperModel(keras_tuner.HyperModel):
             self.progress.update(1)
 
 
-def scored_metrics(metrics, params, objective, size=None):
+def scored_metrics(metrics, params, objective, size=None, judged=None):
     """What a trial reports to the tuner: the objective and the figures behind it.
 
-    ``size``: what the objective prices (ObjectiveConfig.size), when not the parameters.
+    ``size``: what the objective prices (ObjectiveConfig.size), when not the parameters;
+    ``judged``: the metrics it is scored by (ObjectiveConfig.judged), when not ``metrics``
+    (the float32 model's, which the other figures stay); their wrong voxels are reported too,
+    as wrong_voxels_judged.
     """
     size = params if size is None else size
-    return {OBJECTIVE: objective.score(metrics, size), "accuracy": metrics["accuracy"],
-            "iou": metrics["iou"], "chamfer_l2": metrics["chamfer_l2"],
-            "wrong_voxels": float(metrics["wrong_voxels"]), "params": float(params)}
+    scored = {OBJECTIVE: objective.score(metrics if judged is None else judged, size),
+              "accuracy": metrics["accuracy"], "iou": metrics["iou"],
+              "chamfer_l2": metrics["chamfer_l2"], "wrong_voxels": float(metrics["wrong_voxels"]),
+              "params": float(params)}
+    if judged is not None and judged is not metrics:
+        scored["wrong_voxels_judged"] = float(judged["wrong_voxels"])
+    return scored
 
 
 class ObjectiveLogger(keras.callbacks.Callback):
     """Adds the objective to the epoch logs whenever the grid was evaluated (TensorBoard shows it)."""
 
-    def __init__(self, objective):
+    def __init__(self, objective, data):
         super().__init__()
-        self.objective = objective
+        self.objective, self.data = objective, data
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "accuracy" in logs and "iou" in logs:
-            logs[OBJECTIVE] = self.objective.score(logs, self.objective.size(self.model))
+            judged = self.objective.judged(self.model, self.data, logs)
+            logs[OBJECTIVE] = self.objective.score(judged, self.objective.size(self.model))
             logs["params"] = parameter_count(self.model)
