@@ -78,6 +78,12 @@ def test_shipped_configs_load_with_method_defaults():
         0.98, 7553, 21121)
     assert paper.coarse.filter.tolerance == 1e-4 and paper.fine.filter.top == 10
     assert widths_for(256) == (16, 32, 48, 64, 128) and widths_for(32) == (8, 16, 24, 32, 40, 48)
+    # packed4.yaml is quick.yaml but for a fine stage priced as 4-bit files, searched wider
+    packed4 = load_config(REPO / "tuner_configs" / "packed4.yaml")
+    assert (packed4.fine.objective.kind, packed4.fine.objective.bits) == ("packed_reward", 4)
+    assert max(packed4.fine.widths) > max(quick.fine.widths)
+    assert (packed4.coarse, packed4.training, packed4.encoding) == (quick.coarse, quick.training,
+                                                                    quick.encoding)
 
 
 def test_default_config_fits_the_grid_resolution(tmp_path):
