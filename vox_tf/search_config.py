@@ -94,7 +94,9 @@ class ObjectiveConfig:
         lose: a net that is cheap in bytes but loses at 4 bits is no longer the best buy
         (bunny 128^3, plainly quantized at 4 bits: the searched 15,799-parameter fine net 5,644
         wrong voxels, 80:relu x3 2,922, 96:relu x3 2,642; after vox_tf.pack's training at the
-        levels 315, 5 and 0). Other kinds: ``metrics``, the float32 model's.
+        levels 315, 5 and 0). The tri-plane nodes that no voxel reads, which a file zeroes
+        before quantizing, are quantized as they are: their channels' scales may be coarser
+        than the file's. Other kinds: ``metrics``, the float32 model's.
         """
         if self.kind != "packed_reward":
             return metrics
