@@ -217,6 +217,9 @@ def test_a_search_pricing_4_bit_files_judges_each_fine_trial_at_4_bits(tmp_path)
     assert len(trials) > 1 and all("wrong_voxels_judged" in metrics for metrics in trials)
     # a trial of two epochs is far from its grid, but 4 bits move some of its voxels
     assert any(last(m, "wrong_voxels_judged") != last(m, "wrong_voxels") for m in trials)
+    boards = sorted(p for p in (out / "tensorboard" / "fine").iterdir() if p.is_dir())
+    assert boards and all(("scalars", "epoch_wrong_voxels_judged") in _plugin_names(board)
+                          for board in boards)
 
 
 def test_conditional_layers_only_count_while_active():

@@ -187,7 +187,8 @@ def scored_metrics(metrics, params, objective, size=None, judged=None):
 
 
 class ObjectiveLogger(keras.callbacks.Callback):
-    """Adds the objective to the epoch logs whenever the grid was evaluated (TensorBoard shows it)."""
+    """Adds the objective to the epoch logs whenever the grid was evaluated (TensorBoard shows it),
+    and the wrong voxels it was judged by when not the float32 ones (ObjectiveConfig.judged)."""
 
     def __init__(self, objective, data):
         super().__init__()
@@ -197,4 +198,6 @@ class ObjectiveLogger(keras.callbacks.Callback):
         if logs is not None and "accuracy" in logs and "iou" in logs:
             judged = self.objective.judged(self.model, self.data, logs)
             logs[OBJECTIVE] = self.objective.score(judged, self.objective.size(self.model))
+            if judged is not logs:
+                logs["wrong_voxels_judged"] = judged["wrong_voxels"]
             logs["params"] = parameter_count(self.model)
