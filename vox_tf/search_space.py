@@ -143,10 +143,11 @@ class StageHyperModel(keras_tuner.HyperModel):
                 session._trial_id = f"{self.stage} {session._trial_id}"
         result = train_stage(model, self.data, epochs_to_train, config,
                              callbacks=[scorer, *callbacks])
+        # The trial's one grid evaluation (eval_every: its last epoch) is of the weights it ends
+        # with, and the logger has judged them at the objective's bits already.
         objective = self.settings.objective
         scored = scored_metrics(result.metrics, parameter_count(model), objective,
-                                objective.size(model),
-                                objective.judged(model, self.data, result.metrics))
+                                objective.size(model), scorer.judged)
         for board in callbacks:
             # keras_tuner points its TensorBoard callback at this trial's own directory.
             if isinstance(board, keras.callbacks.TensorBoard):
@@ -188,11 +189,17 @@ def scored_metrics(metrics, params, objective, size=None, judged=None):
 
 class ObjectiveLogger(keras.callbacks.Callback):
     """Adds the objective to the epoch logs whenever the grid was evaluated (TensorBoard shows it),
-    and the wrong voxels it was judged by when not the float32 ones (ObjectiveConfig.judged)."""
+    and the wrong voxels it was judged by when not the float32 ones (ObjectiveConfig.judged).
+
+    Attributes:
+        judged: the metrics of the latest evaluation's judging when not the float32 ones, else
+            None (what scored_metrics takes as ``judged``).
+    """
 
     def __init__(self, objective, data):
         super().__init__()
         self.objective, self.data = objective, data
+        self.judged = None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "accuracy" in logs and "iou" in logs:
@@ -200,4 +207,5 @@ class ObjectiveLogger(keras.callbacks.Callback):
             logs[OBJECTIVE] = self.objective.score(judged, self.objective.size(self.model))
             if judged is not logs:
                 logs["wrong_voxels_judged"] = judged["wrong_voxels"]
+                self.judged = judged
             logs["params"] = parameter_count(self.model)
