@@ -22,7 +22,7 @@ from vox_tf.exports import ERROR_CLASSES
 from vox_tf.mesh_io import from_trimesh
 from vox_tf.layers import TriPlaneEncoding
 from vox_tf.models import arch_of, format_arch
-from vox_tf.search_pipeline import Candidate, Retrained, choose, filter_slate, pick_smallest
+from vox_tf.search_filter import Candidate, Retrained, choose, filter_slate, pick_smallest
 from vox_tf.hierarchy import occupancy_grid
 from vox_tf.sampling import fine_samples, upsample_mask
 from vox_tf.search_config import (DEFAULT_CONFIG, FilterConfig, ObjectiveConfig, SearchConfig,

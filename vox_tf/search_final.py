@@ -36,7 +36,7 @@ def runner_up(retrained, chosen_arch, final, min_iou=None):
     """The filter candidate that replaces a choice whose final training ended at ``final``.
 
     Args:
-        retrained: list of vox_tf.search_pipeline.Retrained, the fine filter's results, the
+        retrained: list of vox_tf.search_filter.Retrained, the fine filter's results, the
             chosen one's among them.
         chosen_arch: the chosen one's architecture (never its own runner-up).
         final: {"accuracy", "iou"} of the chosen one's final reconstruction (R^3 grid).
