@@ -618,21 +618,23 @@ def test_search_objective_can_price_packed_bytes_and_what_the_bits_lose(run, tmp
     size = objective.size(fine)
     assert size == packed_model.network_bytes(fine, 4) < 0.6 * packed_model.network_bytes(fine, 8)
     metrics = {"accuracy": 0.99, "iou": 0.9, "chamfer_l2": 0.0, "wrong_voxels": 3}
-    scored = search_space.scored_metrics(metrics, 1000, objective, size)
-    assert scored["objective"] == pytest.approx(0.01 + (7553 - size) / 2e7)
+    assert objective.score(metrics, size) == pytest.approx(0.01 + (7553 - size) / 2e7)
     # the accuracy it scores is the network's at 4 bits, not the float32 one's
     data = pack_finetuning.fine_stage_data_of(run_dir, reconstructor, voxels)
     before = [w.copy() for w in fine.get_weights()]
     float32 = data.evaluate(fine)
-    judged = objective.judged(fine, data, float32)
+    value, judged = objective.rate(fine, data, float32)
     assert judged["wrong_voxels"] > float32["wrong_voxels"]
     assert all(np.array_equal(a, b) for a, b in zip(fine.get_weights(), before))  # restored
-    scored = search_space.scored_metrics(float32, 1000, objective, size, judged)
-    assert scored["objective"] == pytest.approx(judged["accuracy"] - 0.98 + (7553 - size) / 2e7)
-    assert (scored["accuracy"], scored["wrong_voxels_judged"]) == (float32["accuracy"],
-                                                                  judged["wrong_voxels"])
+    assert value == pytest.approx(judged["accuracy"] - 0.98 + (7553 - size) / 2e7)
+    scored = search_space.scored_metrics(float32, 1000, value, judged)
+    assert (scored["objective"], scored["accuracy"], scored["wrong_voxels_judged"]) == (
+        value, float32["accuracy"], judged["wrong_voxels"])
     priced_by_params = search_config.ObjectiveConfig()
-    assert priced_by_params.judged(fine, data, float32) is float32
+    value, judged = priced_by_params.rate(fine, data, float32)
+    assert judged is float32 and value == pytest.approx(
+        float32["accuracy"] - 0.98 + (7553 - priced_by_params.size(fine)) / 21121)
+    assert "wrong_voxels_judged" not in search_space.scored_metrics(float32, 1000, value, judged)
     bad = tmp_path / "bad.yaml"
     bad.write_text("fine:\n  objective: {kind: packed_reward, bits: 3}\n")
     with pytest.raises(vox_tf.MeshError, match="bits"):

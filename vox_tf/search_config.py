@@ -109,6 +109,13 @@ class ObjectiveConfig:
         finally:
             model.set_weights(weights)
 
+    def rate(self, model, data, metrics):
+        """(objective value, the metrics it judged) of ``model``, whose float32 ``metrics`` on
+        ``data`` are known: :meth:`score` of :meth:`judged` at :meth:`size`, the one way a
+        trial, its log and the filter rate a network."""
+        judged = self.judged(model, data, metrics)
+        return self.score(judged, self.size(model)), judged
+
     def score(self, metrics, size):
         """The objective value of one reconstruction (metrics of vox_tf.metrics.grid_metrics)
         for a network of ``size`` (:meth:`size`)."""

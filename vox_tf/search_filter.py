@@ -105,9 +105,8 @@ def filter_candidates(stage, data, candidates, config: SearchConfig, run_dir, ve
                              description=f"{stage} filter {index + 1}/{count} {candidate.arch}")
         params = parameter_count(model)
         objective = config.stage(stage).objective
-        judged = objective.judged(model, data, result.metrics)
-        retrained = Candidate(candidate.arch, candidate.encoding,
-                              objective.score(judged, objective.size(model)),
+        value, _ = objective.rate(model, data, result.metrics)
+        retrained = Candidate(candidate.arch, candidate.encoding, value,
                               result.metrics["accuracy"], params, candidate.trial_id)
         with atomic_output(model_path) as tmp:
             model.save(tmp)

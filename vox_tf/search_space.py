@@ -144,10 +144,8 @@ class StageHyperModel(keras_tuner.HyperModel):
         result = train_stage(model, self.data, epochs_to_train, config,
                              callbacks=[scorer, *callbacks])
         # The trial's one grid evaluation (eval_every: its last epoch) is of the weights it ends
-        # with, and the logger has judged them at the objective's bits already.
-        objective = self.settings.objective
-        scored = scored_metrics(result.metrics, parameter_count(model), objective,
-                                objective.size(model), scorer.judged)
+        # with, and the logger has rated them already.
+        scored = scored_metrics(result.metrics, parameter_count(model), *scorer.rating)
         for board in callbacks:
             # keras_tuner points its TensorBoard callback at this trial's own directory.
             if isinstance(board, keras.callbacks.TensorBoard):
@@ -169,16 +167,14 @@ class StageHyperModel(keras_tuner.HyperModel):
             self.progress.update(1)
 
 
-def scored_metrics(metrics, params, objective, size=None, judged=None):
-    """What a trial reports to the tuner: the objective and the figures behind it.
+def scored_metrics(metrics, params, value, judged=None):
+    """What a trial reports to the tuner: the objective ``value`` and the figures behind it.
 
-    ``size``: what the objective prices (ObjectiveConfig.size), when not the parameters;
-    ``judged``: the metrics it is scored by (ObjectiveConfig.judged), when not ``metrics``
-    (the float32 model's, which the other figures stay); their wrong voxels are reported too,
-    as wrong_voxels_judged.
+    ``judged``: the metrics the value was judged by (ObjectiveConfig.rate), when not
+    ``metrics`` (the float32 model's, which the other figures stay); their wrong voxels are
+    reported too, as wrong_voxels_judged.
     """
-    size = params if size is None else size
-    scored = {OBJECTIVE: objective.score(metrics if judged is None else judged, size),
+    scored = {OBJECTIVE: value,
               "accuracy": metrics["accuracy"], "iou": metrics["iou"],
               "chamfer_l2": metrics["chamfer_l2"], "wrong_voxels": float(metrics["wrong_voxels"]),
               "params": float(params)}
@@ -189,23 +185,26 @@ def scored_metrics(metrics, params, objective, size=None, judged=None):
 
 class ObjectiveLogger(keras.callbacks.Callback):
     """Adds the objective to the epoch logs whenever the grid was evaluated (TensorBoard shows it),
-    and the wrong voxels it was judged by when not the float32 ones (ObjectiveConfig.judged).
+    and the wrong voxels it was judged by when not the float32 ones (ObjectiveConfig.rate).
 
     Attributes:
-        judged: the metrics of the latest evaluation's judging when not the float32 ones, else
-            None (what scored_metrics takes as ``judged``).
+        rating: (objective value, the metrics it judged when not the float32 ones, else None)
+            of the latest evaluation, what scored_metrics takes as ``value`` and ``judged``;
+            None before the first.
     """
 
     def __init__(self, objective, data):
         super().__init__()
         self.objective, self.data = objective, data
-        self.judged = None
+        self.rating = None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "accuracy" in logs and "iou" in logs:
-            judged = self.objective.judged(self.model, self.data, logs)
-            logs[OBJECTIVE] = self.objective.score(judged, self.objective.size(self.model))
-            if judged is not logs:
+            value, judged = self.objective.rate(self.model, self.data, logs)
+            logs[OBJECTIVE] = value
+            if judged is logs:
+                judged = None
+            else:
                 logs["wrong_voxels_judged"] = judged["wrong_voxels"]
-                self.judged = judged
+            self.rating = value, judged
             logs["params"] = parameter_count(self.model)
