@@ -57,14 +57,17 @@ more than 6 to settle (6: 38 -> 11 wrong voxels, 20: 38 -> 1)."""
 
 @pytest.fixture(scope="module")
 def packed(run, tmp_path_factory):
-    """{name: path} of files packed by the CLI: 8 bits, 4 bits fine-tuned, plainly quantized,
-    lossless, trained at their levels, and trained then fine-tuned."""
+    """{name: path} of files packed by the CLI: 8 bits, 4 bits fine-tuned, plainly quantized
+    (also with the later kernels at 2 more bits), lossless, trained at their levels, and
+    trained then fine-tuned."""
     run_dir, _, _ = run
     out = tmp_path_factory.mktemp("packed")
     files = {}
     for name, args in (("8", ["--bits", 8, "--finetune-epochs", 2]),
                        ("4", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0]),
                        ("4-plain", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0]),
+                       ("4-plain-later+2", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0,
+                                            "--later-extra-bits", 2]),
                        ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--lossless"]),
                        ("4-trained",
                         ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", TRAINED]),
@@ -134,15 +137,45 @@ def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed)
     assert steps > quantization.max_level(4)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+def test_later_kernels_get_the_bits_asked_for_and_the_file_records_them(run, packed):
+    """--later-extra-bits gives the Dense kernels after the first more bits than the file's,
+    the file records it, and its decode holds them so."""
+    fine = vox_tf.load(run[0]).fine
+    later = quantization.ExtraBits(later_kernels=2)
+    kernels = [layer.kernel.path for layer in quantization.dense_layers(fine)]
+    assert len(kernels) == 3
+    assert quantization.weight_bits(fine, 4, later) == [
+        b + 2 * (w.path in kernels[1:]) for w, b in zip(fine.weights, quantization.weight_bits(fine, 4))]
+    plain, wider = (vox_tf.load(packed[name]) for name in ("4-plain", "4-plain-later+2"))
+    assert plain.metrics["later_kernel_extra_bits"] == 0
+    assert wider.metrics["later_kernel_extra_bits"] == 2
+    assert "later kernels +2" in packed["4-plain-later+2 stdout"]
+    levels = 2 * quantization.max_level(4) + 1
+
+    def most_values_in_a_column(model, path):
+        kernel = next(np.asarray(w) for w in model.fine.weights if w.path == path)
+        return max(len(np.unique(column)) for column in kernel.T)
+
+    for path in kernels[1:]:
+        assert most_values_in_a_column(plain, path) <= levels
+        assert most_values_in_a_column(wider, path) > levels
+    # the other weights are as in the plain file
+    for a, b in zip(plain.fine.weights, wider.fine.weights):
+        if a.path not in kernels[1:]:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert packed["4-plain-later+2"].stat().st_size > packed["4-plain"].stat().st_size
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_older_format_versions_still_decode(version):
     """tests/data/format_v<version>.vxz was written by that format version (1: square-law
     tri-planes at the file's bits; 2: planes and first kernel at more bits; both hold the
     coarse net's weights; 3: the coarse grid, float16 scales, the whole lattice, a lossless
     file with a calibrated probability residual; 4: one-byte scales, the read tri-plane nodes
     only, a lossless file with the first Dense kernel at 1 extra bit, the lattices' 4 not
-    recorded; 5: both recorded, the coarse grid as LZMA2, one byte per channel scale); beside
-    it, the weights and grid that version's decoder rebuilt."""
+    recorded; 5: both recorded, the coarse grid as LZMA2, one byte per channel scale; 6: the
+    coarse grid context-coded, the scales entropy-coded, the later kernels' bits not recorded);
+    beside it, the weights and grid that version's decoder rebuilt."""
     data = ROOT / "tests" / "data"
     model = vox_tf.load(data / f"format_v{version}.vxz")
     assert model.coarse_is_grid == (version >= 3)
@@ -250,7 +283,7 @@ def test_finetuning_recovers_4_bit_iou_and_is_reused(run, packed):
     assert "-bit training" not in packed["4-lossless stderr"]
     for extra in tuned_again:
         assert (f"4-bit fine-tuning (first layer {4 + extra.input_layer} bits, tri-planes "
-                f"{4 + extra.planes})") in packed["4-lossless stderr"]
+                f"{4 + extra.planes}, later kernels 4)") in packed["4-lossless stderr"]
     cached = {(4, default, 4, 0), (8, default, 2, 0), (4, default, 0, TRAINED),
               (4, default, 2, TRAINED), *((4, extra, 4, 0) for extra in tuned_again)}
     assert sorted(p.name for p in (run_dir / pack_finetuning.QUANTIZED_DIR).iterdir()) == sorted(

@@ -11,7 +11,8 @@ fine-tuning alone loses at most QAT_SKIP_POINTS), fine-tuned for --finetune-epoc
 weights in RUN_DIR/quantized/ so that packing again (say with --lossless) reuses them; then
 written with vox_tf.packed_model beside the coarse net's occupancy grid. --lossless adds the
 voxels the file still gets wrong (vox_tf.lossless) so it decodes to exactly the input grid; it
-is packed with each of LOSSLESS_EXTRA_BITS and the smallest file kept. The ground truth is the
+is packed with each of LOSSLESS_EXTRA_BITS and the smallest file kept. --later-extra-bits gives
+the Dense kernels after the first more bits than --bits (LATER_EXTRA_BITS). The ground truth is the
 run's voxels.npz (or --voxel for runs older than it). Every figure printed is measured on the
 file as written, decoded back.
 """
@@ -19,6 +20,7 @@ file as written, decoded back.
 import argparse
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from vox_tf import lossless, packed_model
@@ -28,7 +30,7 @@ from vox_tf.hierarchy import METADATA_FILE
 from vox_tf.metrics import grid_metrics
 from vox_tf.pack_finetuning import (FINETUNE_EPOCHS, QAT_MAX_EPOCHS, QAT_MIN_EPOCHS, QAT_STEPS,
                                     finetuned)
-from vox_tf.quantization import BITS, ExtraBits
+from vox_tf.quantization import BITS, DEFAULT_EXTRA_BITS, ExtraBits
 from vox_tf.run_layout import CONFIG_FILE, MODEL_DIR, RUN_FILE
 
 VOXELS_FILE = "voxels.npz"
@@ -60,6 +62,16 @@ on thingi32_92763 (14,158 -> 13,671); the lossy default +2/+4 on none, nor +0/+2
 92763 14,911) or +1/+3 (92763 14,379). Part of it is the fine-tuning's draw: 92763's residual
 is 1,491 bytes at +0/+4 and 2,247 at +0/+3. With learned rounding (30 epochs): +1/+4 on four,
 +0/+3 on three, +0/+4 on TShirtNoCoat; at 128^3 (runs/real128, 4 bits) +0/+3 on six of seven."""
+LATER_EXTRA_BITS = (0, 1, 2)
+"""What --later-extra-bits takes: bits beyond --bits for the Dense kernels after the first
+(vox_tf.quantization.ExtraBits.later_kernels). None by default, since most nets hold 4 bits
+without them; where a wide net does not, the kernel after the first is what loses (one tensor
+at 4 bits alone, no training: 7,956-26,256 wrong voxels on the three 256^3 seed grids whose
+4-bit file lost more than 0.1 point, as many at 192 wide as at 128). The whole net plainly
+quantized at a 4-bit file's bits, then with +1 / +2 for the later kernels:
+mgn10_125611494287978_ShirtNoCoat 160:relu x3 11,670 -> 5,203 / 2,860 wrong voxels,
+mgn10_125611504997669_LongCoat 192:relu x3 16,320 -> 6,534 / 3,041, thingi32_441708 192:relu
+x3 39,163 -> 20,002 / 12,446 (the nets whose 4-bit files held started from 6,356-9,766)."""
 
 
 def model_dir(run_dir):
@@ -91,7 +103,7 @@ def ground_truth(directory, voxel_path=None):
 
 
 def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_path=None,
-             qat_epochs=None):
+             qat_epochs=None, later_extra_bits=0):
     """Packs a run's model; returns (file bytes, sizes dict, ground truth VoxelGrid or None).
 
     Args:
@@ -104,6 +116,8 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         qat_epochs: epochs of training the fine net at its levels before the fine-tuning
             (None: qat_epochs_for the run unless the fine-tuning alone loses at most
             QAT_SKIP_POINTS, LOSSLESS_QAT_EPOCHS when lossless, 0 without voxels).
+        later_extra_bits: bits beyond ``bits`` for the Dense kernels after the first
+            (vox_tf.quantization.ExtraBits.later_kernels), recorded in the file.
     Returns:
         (bytes, sizes as vox_tf.packed_model.pack gives plus residual_list /
         residual_probabilities when lossless, float32_iou (the run's float32 model's IoU as
@@ -123,33 +137,35 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         voxels, finetune_epochs, qat_epochs = None, 0, 0
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
     if not lossless_mode:
+        extra = replace(DEFAULT_EXTRA_BITS, later_kernels=later_extra_bits)
         reconstructor = None
         if qat_epochs is None and QAT_MAX_EPOCHS[bits]:
-            reconstructor = _untrained_if_close(directory, bits, epochs, voxels)
+            reconstructor = _untrained_if_close(directory, bits, epochs, voxels, extra)
         if reconstructor is None:
-            reconstructor = finetuned(directory, bits, epochs, voxels, qat_epochs=qat_epochs)
-        blob, sizes = packed_model.pack(reconstructor, bits)
+            reconstructor = finetuned(directory, bits, epochs, voxels, extra, qat_epochs)
+        blob, sizes = packed_model.pack(reconstructor, bits, extra_bits=extra)
         sizes["float32_iou"] = reconstructor.metrics.get("iou")
         return blob, sizes, voxels
     if qat_epochs is None:
         qat_epochs = LOSSLESS_QAT_EPOCHS
     truth = voxels.dense()
+    widths = [replace(extra, later_kernels=later_extra_bits) for extra in LOSSLESS_EXTRA_BITS]
     files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra, qat_epochs), bits,
                             extra, truth)
-             for extra in LOSSLESS_EXTRA_BITS]
+             for extra in widths]
     blob, sizes = min(files, key=lambda file: len(file[0]))
     return blob, sizes, voxels
 
 
-def _untrained_if_close(directory, bits, epochs, voxels):
+def _untrained_if_close(directory, bits, epochs, voxels, extra_bits):
     """The reconstructor fine-tuned without the training, if its file loses at most
     QAT_SKIP_POINTS of IoU against the float32 model (decoded, as a user gets it); else None:
     the caller trains it."""
-    reconstructor = finetuned(directory, bits, epochs, voxels)
+    reconstructor = finetuned(directory, bits, epochs, voxels, extra_bits)
     reference = reconstructor.metrics.get("iou")
     if reference is None:  # a run that did not record it: no bar to judge by
         return None
-    blob, _ = packed_model.pack(reconstructor, bits)
+    blob, _ = packed_model.pack(reconstructor, bits, extra_bits=extra_bits)
     points = 100 * (_decoded_metrics(_decode_bytes(blob), voxels)["iou"] - reference)
     close = -points <= QAT_SKIP_POINTS
     print(f"fine stage: {bits}-bit fine-tuning alone: {points:+.3f} IoU points against float32 "
@@ -219,6 +235,9 @@ def _parser():
                         f"(default {defaults}; none at other bits, nor where the fine-tuning "
                         f"alone loses at most {QAT_SKIP_POINTS} IoU points; with --lossless: "
                         f"{LOSSLESS_QAT_EPOCHS})")
+    p.add_argument("--later-extra-bits", type=int, choices=LATER_EXTRA_BITS, default=0,
+                   help="bits beyond --bits for the Dense kernels after the first (default 0); "
+                        "recorded in the file")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p
 
@@ -233,7 +252,8 @@ def main(argv=None) -> int:
             if value is not None and value < 0:
                 raise MeshError(args.run_dir, f"{flag} must be >= 0")
         blob, sizes, voxels = pack_run(args.run_dir, args.bits, args.lossless,
-                                       args.finetune_epochs, args.voxel, args.qat_epochs)
+                                       args.finetune_epochs, args.voxel, args.qat_epochs,
+                                       args.later_extra_bits)
         packed_model.write(args.output, blob)
     except MeshError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -249,7 +269,8 @@ def main(argv=None) -> int:
                      f"{100 * (figures['iou'] - reference):+.3f} points)")
     line += (f" (weights: ans {sizes['weights_ans']:,} B, lzma {sizes['weights_lzma']:,} B, "
              f"per tensor {sizes['weights_mixed']:,} B; kept {sizes['coder']}; first layer "
-             f"+{sizes['extra_bits'].input_layer} bits, tri-planes +{sizes['extra_bits'].planes}")
+             f"+{sizes['extra_bits'].input_layer} bits, tri-planes +{sizes['extra_bits'].planes}, "
+             f"later kernels +{sizes['extra_bits'].later_kernels}")
     if args.lossless:
         line += (f"; residual: list {sizes['residual_list']:,} B, "
                  f"probabilities {sizes['residual_probabilities']:,} B")

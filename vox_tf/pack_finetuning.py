@@ -150,12 +150,13 @@ bits) or more (6 bits: 1.4) and it costs (3e-3 / plain): TShirtNoCoat 5 bits 2,4
 bits 1,094 / 881, LongCoat 6 bits 1,299 / 965; 8 bits 4 / 4."""
 QUANTIZER_VERSION = 4
 """The packed format version whose quantizer fine-tuned weights are cached for (versions 5
-and 6 changed how a file stores them, not the weights)."""
+to 7 changed how a file stores them, not the weights; version 7's later kernels' extra bits
+are in the cache name, through ExtraBits.name)."""
 
 
 def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qat_epochs=0):
-    """The run's reconstructor with its fine network quantized to ``bits`` (the first Dense
-    kernel and the tri-plane lattices ``extra_bits`` more), trained ``qat_epochs`` at its
+    """The run's reconstructor with its fine network quantized to ``bits`` (the weights
+    vox_tf.quantization.ExtraBits names ``extra_bits`` more), trained ``qat_epochs`` at its
     levels (None: qat_epochs_for its fine stage's batches) and fine-tuned ``epochs`` in the
     float32 coarse net's mask (the one the file stores).
 
@@ -179,8 +180,8 @@ def finetuned(directory, bits, epochs, voxels, extra_bits=DEFAULT_EXTRA_BITS, qa
         data = fine_stage_data_of(directory, reconstructor, voxels)
     training = f"{qat_epochs} epochs of {bits}-bit training, then " if qat_epochs else ""
     print(f"fine stage: {training}{epochs} epochs of {bits}-bit fine-tuning (first layer "
-          f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes})",
-          file=sys.stderr)
+          f"{bits + extra_bits.input_layer} bits, tri-planes {bits + extra_bits.planes}, "
+          f"later kernels {bits + extra_bits.later_kernels})", file=sys.stderr)
     if qat_epochs:
         trained = cache.with_name(finetune_cache_name(bits, extra_bits, 0, qat_epochs))
         if _load_cached(reconstructor, trained):

@@ -7,7 +7,8 @@ Layout (little-endian)::
         grid     resolution u16, coarse resolution u16, bits u8, lossless u8,
                  center 3 x f64, scale f64, the first Dense kernel's bits beyond ``bits`` u8
                  (version 4; 2 before), the tri-plane lattices' bits beyond ``bits`` u8
-                 (version 5; 4 before)
+                 (version 5; 4 before), the later Dense kernels' bits beyond ``bits`` u8
+                 (version 7; 0 before)
         coarse   length u32, then the coarse net's occupancy on the Rc^3 grid
                  (vox_tf.grid_coding: version 6 context-codes it or takes LZMA2, whichever
                  is smaller; versions 3-5 bit-packed it and took LZMA2)
@@ -29,9 +30,11 @@ the mask is the float32 coarse net's, so no coarse error is added. Versions 1 an
 read) held the coarse net's weights beside the fine net's (``nets`` records for both);
 version 1 also held every tensor at ``bits``, the tri-planes with square-law levels.
 
-Version 6 (:data:`VERSION`) context-codes the coarse grid (CODED_GRID_SINCE) and entropy-codes
-the channel scales (vox_tf.weight_coding.CODED_SCALES_SINCE): 137-445 bytes less a file on
-the eight seed grids. Version 5 recorded the tri-plane lattices' extra bits too (a lossless file
+Version 7 (:data:`VERSION`) records the extra bits of the Dense kernels after the first
+(vox_tf.quantization.ExtraBits.later_kernels, ``vox_tf.pack --later-extra-bits``). Version 6
+context-codes the coarse grid (CODED_GRID_SINCE) and entropy-codes the channel scales
+(vox_tf.weight_coding.CODED_SCALES_SINCE): 137-445 bytes less a file on the eight seed grids.
+Version 5 recorded the tri-plane lattices' extra bits too (a lossless file
 may take fewer than 4). Version 4 stored the channel scales as one byte each, dropped the
 unread tri-plane nodes and recorded the first Dense kernel's extra bits; version 3 held float16
 scales, the lattice whole (its unread nodes as zeros) and that kernel at 2 more bits. Every
@@ -63,7 +66,7 @@ from vox_tf.sampling import coarse_cells
 from vox_tf.weight_coding import read_weights_section, weights_section
 
 MAGIC = b"VXZ\0"
-VERSION = 6
+VERSION = 7
 CODED_GRID_SINCE = 6
 """Files of this version on hold the coarse grid context-coded (vox_tf.grid_coding)."""
 SUFFIX = ".vxz"
@@ -72,11 +75,12 @@ _GRID = struct.Struct("<HHBB3dd")
 _NET = struct.Struct("<BHBB")
 _LAYER = struct.Struct("<HB")
 _LENGTH = struct.Struct("<I")
-_EXTRA_BITS = struct.Struct("<BB")
+_EXTRA_BITS = struct.Struct("<BBB")
+_EXTRA_BITS_V5 = struct.Struct("<BB")
 _INPUT_LAYER_EXTRA_BITS = struct.Struct("<B")
-UNRECORDED_EXTRA_BITS = ExtraBits(input_layer=2, planes=4)
+UNRECORDED_EXTRA_BITS = ExtraBits(input_layer=2, planes=4, later_kernels=0)
 """What older files packed with and did not record: the first Dense kernel's before version
-4, the tri-plane lattices' before version 5."""
+4, the tri-plane lattices' before version 5, the later Dense kernels' before version 7."""
 NO_POSITIONAL = 255
 
 
@@ -125,8 +129,8 @@ def pack(reconstructor, bits, residual=None, extra_bits=DEFAULT_EXTRA_BITS):
             scale), all but the tri-plane nodes that no voxel of the mask reads.
         bits: one of vox_tf.quantization.BITS.
         residual: optional (method, bytes, digest) of vox_tf.lossless for a lossless file.
-        extra_bits: vox_tf.quantization.ExtraBits of the first Dense kernel and the
-            tri-plane lattices, recorded in the file.
+        extra_bits: vox_tf.quantization.ExtraBits of the first Dense kernel, the
+            tri-plane lattices and the later Dense kernels, recorded in the file.
     Returns:
         (bytes, dict of sizes: total, coarse_grid, residual, the fine weights coded each
         way (weights_ans, weights_lzma, weights_mixed, scales included), the coder kept and
@@ -144,7 +148,8 @@ def pack(reconstructor, bits, residual=None, extra_bits=DEFAULT_EXTRA_BITS):
     weights, sizes = weights_section(_without_unread_nodes(tensors, nodes))
     payload = (_GRID.pack(reconstructor.resolution, reconstructor.coarse_resolution, bits,
                           residual is not None, *reconstructor.center, reconstructor.scale)
-               + _EXTRA_BITS.pack(extra_bits.input_layer, extra_bits.planes)
+               + _EXTRA_BITS.pack(extra_bits.input_layer, extra_bits.planes,
+                                  extra_bits.later_kernels)
                + _LENGTH.pack(len(coarse)) + coarse + _net_record(fine)
                + _LENGTH.pack(len(weights)) + weights)
     if residual is not None:
@@ -315,7 +320,7 @@ def _decode(reader, version):
     (length,) = reader.unpack(_LENGTH)
     weights = reader.take(length)
     metrics = {"bits": bits, "input_layer_extra_bits": extra.input_layer,
-               "plane_extra_bits": extra.planes}
+               "plane_extra_bits": extra.planes, "later_kernel_extra_bits": extra.later_kernels}
     variables = [w for net in nets for w in net.weights]
     shapes = [tuple(w.shape) for w in variables]
     tensor_bits = ([bits] * len(variables) if version == 1
@@ -348,8 +353,10 @@ def _decode(reader, version):
 
 
 def _read_extra_bits(reader, version):
-    if version >= 5:
+    if version >= 7:
         return ExtraBits(*reader.unpack(_EXTRA_BITS))
+    if version >= 5:
+        return ExtraBits(*reader.unpack(_EXTRA_BITS_V5), UNRECORDED_EXTRA_BITS.later_kernels)
     if version == 4:
         (input_layer,) = reader.unpack(_INPUT_LAYER_EXTRA_BITS)
         return ExtraBits(input_layer, UNRECORDED_EXTRA_BITS.planes)

@@ -65,21 +65,27 @@ byte each in a file. A channel further below (almost all zeros) gets the coarser
 
 @dataclass(frozen=True)
 class ExtraBits:
-    """Bits beyond a file's ``bits`` for the two weights every fine-stage feature passes
-    through: the first Dense kernel and the tri-plane lattices. A packed file records both.
+    """Bits beyond a file's ``bits`` for the weights that cost most when rounded: the first
+    Dense kernel and the tri-plane lattices, which every fine-stage feature passes through,
+    and, on request (``vox_tf.pack --later-extra-bits``), the Dense kernels after the first.
+    A packed file records all three.
 
     Example:
         >>> ExtraBits(input_layer=0, planes=3).name
         'x0p3'
+        >>> ExtraBits(later_kernels=1).name
+        'x2p4k1'
     """
 
     input_layer: int = INPUT_LAYER_EXTRA_BITS
     planes: int = PLANE_EXTRA_BITS
+    later_kernels: int = 0
 
     @property
     def name(self):
-        """Short form for file names and reports: x<input layer>p<planes>."""
-        return f"x{self.input_layer}p{self.planes}"
+        """Short form for file names and reports: x<input layer>p<planes>[k<later kernels>]."""
+        later = f"k{self.later_kernels}" if self.later_kernels else ""
+        return f"x{self.input_layer}p{self.planes}{later}"
 
 
 DEFAULT_EXTRA_BITS = ExtraBits()
@@ -88,17 +94,26 @@ DEFAULT_EXTRA_BITS = ExtraBits()
 def weight_bits(model, bits, extra_bits=DEFAULT_EXTRA_BITS):
     """The bits of each of ``model.weights`` in a file of ``bits``: ``extra_bits.planes`` more
     for tri-plane lattices, ``extra_bits.input_layer`` more for the first Dense kernel,
-    ``bits`` for the rest.
+    ``extra_bits.later_kernels`` more for the other Dense kernels, ``bits`` for the rest.
 
     Example:
         >>> weight_bits(build_occupancy_model("16:relu"), 8)  # planes, kernel, bias, output layer
         [12, 10, 8, 8, 8]
+        >>> weight_bits(build_occupancy_model("16:relu"), 4, ExtraBits(later_kernels=1))
+        [8, 6, 4, 5, 4]
     """
-    dense = dense_layers(model)
-    first_kernel = dense[0].kernel if dense else None
-    return [bits + extra_bits.planes if len(w.shape) == 4
-            else bits + extra_bits.input_layer if w is first_kernel else bits
-            for w in model.weights]
+    kernels = [layer.kernel for layer in dense_layers(model)]
+
+    def extra(weight):
+        if len(weight.shape) == 4:
+            return extra_bits.planes
+        if kernels and weight is kernels[0]:
+            return extra_bits.input_layer
+        if any(weight is kernel for kernel in kernels[1:]):
+            return extra_bits.later_kernels
+        return 0
+
+    return [bits + extra(w) for w in model.weights]
 
 
 def dense_layers(model):

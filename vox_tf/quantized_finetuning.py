@@ -80,7 +80,7 @@ def finetune_quantized(model, data, bits, epochs, rounding_rate, weight_rate, sc
             steps of 2^(1/16)).
         kernel_scale_rate: the same for the Dense kernels' (0: they keep the plain scales).
         evaluate_every: epochs between grid evaluations (default: every epoch).
-        extra_bits: ExtraBits of the first Dense kernel and the planes (weight_bits).
+        extra_bits: ExtraBits of the weights that get more bits (weight_bits).
         scale_weights: float32 arrays in ``model.weights`` order whose plain scales to start
             from (default: the model's own). The packer stores the tri-planes without the nodes
             no voxel reads (vox_tf.packed_model.fine_weights_as_packed), which can give a
