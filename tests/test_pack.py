@@ -378,7 +378,8 @@ def test_interrupted_training_at_the_levels_goes_on_from_its_last_judgement(run,
 def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_loses(
         run, packed, tmp_path, monkeypatch, capsys):
     """The training spreads the levels (more bytes): where the fine-tuning alone keeps the
-    float32 model's IoU, the default keeps that file; where it loses, it trains."""
+    float32 model's IoU, the default keeps that file; where it loses, it trains, and keeps the
+    trained file only where it loses less."""
     run_dir, _, _ = run
     copy = shutil.copytree(run_dir, tmp_path / "run")  # with the fixture's cached weights
     monkeypatch.setitem(pack_finetuning.QAT_MAX_EPOCHS, 8, TRAINED)
@@ -390,11 +391,19 @@ def test_by_default_a_lossy_file_is_trained_only_where_the_fine_tuning_alone_los
     assert "-bit training" not in stderr
     assert kept == pack.pack_run(copy, bits=8, finetune_epochs=2, qat_epochs=0)[0]
     trained = pack.pack_run(copy, bits=4, finetune_epochs=0)[0]  # 4 bits plainly lose 38 voxels
+    stderr = capsys.readouterr().err
     lost = re.search(r"4-bit fine-tuning alone: ([-+][\d.]+) IoU points against float32 "
-                     r"\(loses more than ", capsys.readouterr().err)
+                     r"\(loses more than ", stderr)
     assert lost and -float(lost.group(1)) > pack.QAT_SKIP_POINTS
+    assert "4-bit training then fine-tuning: " in stderr and "against float32: kept it" in stderr
     assert trained == pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=TRAINED)[0]
-    assert trained != pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=0)[0]
+    plain = pack.pack_run(copy, bits=4, finetune_epochs=0, qat_epochs=0)[0]
+    assert trained != plain
+    # a training thrown off at a rate far too high finds nothing better: the default keeps
+    # the file the fine-tuning alone gives
+    monkeypatch.setattr(pack_finetuning, "QAT_WEIGHT_LR", 30.0)
+    assert pack.pack_run(copy, bits=4, finetune_epochs=0)[0] == plain
+    assert "against float32: kept the fine-tuning alone" in capsys.readouterr().err
 
 
 def test_by_default_the_training_runs_its_steps_in_whole_epochs_within_bounds(

@@ -138,10 +138,9 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
     if not lossless_mode:
         extra = replace(DEFAULT_EXTRA_BITS, later_kernels=later_extra_bits)
-        reconstructor = None
         if qat_epochs is None and QAT_MAX_EPOCHS[bits]:
-            reconstructor = _untrained_if_close(directory, bits, epochs, voxels, extra)
-        if reconstructor is None:
+            reconstructor = _trained_where_it_helps(directory, bits, epochs, voxels, extra)
+        else:
             reconstructor = finetuned(directory, bits, epochs, voxels, extra, qat_epochs)
         blob, sizes = packed_model.pack(reconstructor, bits, extra_bits=extra)
         sizes["float32_iou"] = reconstructor.metrics.get("iou")
@@ -157,21 +156,35 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
     return blob, sizes, voxels
 
 
-def _untrained_if_close(directory, bits, epochs, voxels, extra_bits):
-    """The reconstructor fine-tuned without the training, if its file loses at most
-    QAT_SKIP_POINTS of IoU against the float32 model (decoded, as a user gets it); else None:
-    the caller trains it."""
-    reconstructor = finetuned(directory, bits, epochs, voxels, extra_bits)
-    reference = reconstructor.metrics.get("iou")
+def _trained_where_it_helps(directory, bits, epochs, voxels, extra_bits):
+    """The default lossy reconstructor: fine-tuned alone where its file loses at most
+    QAT_SKIP_POINTS of IoU against the float32 model; else trained at its levels first, unless
+    that file loses more than the fine-tuning alone's (then the fine-tuning alone is kept: the
+    training cannot make the default worse). Every file judged decoded, as a user gets it."""
+    alone = finetuned(directory, bits, epochs, voxels, extra_bits)
+    reference = alone.metrics.get("iou")
     if reference is None:  # a run that did not record it: no bar to judge by
-        return None
-    blob, _ = packed_model.pack(reconstructor, bits, extra_bits=extra_bits)
-    points = 100 * (_decoded_metrics(_decode_bytes(blob), voxels)["iou"] - reference)
-    close = -points <= QAT_SKIP_POINTS
-    print(f"fine stage: {bits}-bit fine-tuning alone: {points:+.3f} IoU points against float32 "
+        return finetuned(directory, bits, epochs, voxels, extra_bits, None)
+    lost_alone = _points_against(reference, alone, bits, extra_bits, voxels)
+    close = -lost_alone <= QAT_SKIP_POINTS
+    print(f"fine stage: {bits}-bit fine-tuning alone: {lost_alone:+.3f} IoU points against float32 "
           + (f"(loses at most {QAT_SKIP_POINTS}): kept, not trained" if close else
              f"(loses more than {QAT_SKIP_POINTS}): training at its levels"), file=sys.stderr)
-    return reconstructor if close else None
+    if close:
+        return alone
+    trained = finetuned(directory, bits, epochs, voxels, extra_bits, None)
+    lost_trained = _points_against(reference, trained, bits, extra_bits, voxels)
+    better = lost_trained > lost_alone
+    print(f"fine stage: {bits}-bit training then fine-tuning: {lost_trained:+.3f} IoU points "
+          f"against float32: kept " + ("it" if better else "the fine-tuning alone, which lost "
+                                      "no more"), file=sys.stderr)
+    return trained if better else alone
+
+
+def _points_against(reference, reconstructor, bits, extra_bits, voxels):
+    """IoU points of ``reconstructor``'s file, decoded, against the IoU ``reference``."""
+    blob, _ = packed_model.pack(reconstructor, bits, extra_bits=extra_bits)
+    return 100 * (_decoded_metrics(_decode_bytes(blob), voxels)["iou"] - reference)
 
 
 def _lossless_file(reconstructor, bits, extra_bits, truth):
