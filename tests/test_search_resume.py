@@ -39,7 +39,11 @@ def search_command(tmp_path):
 def finished_trials(project):
     ids = set()
     for path in Path(project).glob("trial_*/trial.json"):
-        if json.loads(path.read_text())["status"] == "COMPLETED":
+        try:
+            trial = json.loads(path.read_text())
+        except json.JSONDecodeError:  # Keras Tuner is writing it in place: not finished yet
+            continue
+        if trial["status"] == "COMPLETED":
             ids.add(path.parent.name)
     return ids
 
