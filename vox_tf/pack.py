@@ -71,8 +71,9 @@ at 4 bits alone, no training: 7,956-26,256 wrong voxels on the three 256^3 seed 
 quantized at a 4-bit file's bits, then with +1 / +2 for the later kernels:
 mgn10_125611494287978_ShirtNoCoat 160:relu x3 11,670 -> 5,171 / 2,731 wrong voxels,
 mgn10_125611504997669_LongCoat 192:relu x3 16,320 -> 6,264 / 2,566, thingi32_441708 192:relu
-x3 39,163 -> 20,471 / 12,066 (the nets whose 4-bit files held started from 6,356-9,766). At +2
-494287978's default 4-bit file then loses 0.011 point (44,004 B; 31,619 without, -0.842)."""
+x3 39,163 -> 20,471 / 12,066 (the nets whose 4-bit files held started from 6,356-9,766). At +2 the
+default 4-bit files lose 0.011 point on 494287978 (44,004 B; 31,619 without, -0.842) and none
+on LongCoat (60,744 B)."""
 
 
 def model_dir(run_dir):
