@@ -66,8 +66,9 @@ def packed(run, tmp_path_factory):
     for name, args in (("8", ["--bits", 8, "--finetune-epochs", 2]),
                        ("4", ["--bits", 4, "--finetune-epochs", 4, "--qat-epochs", 0]),
                        ("4-plain", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0]),
-                       ("4-plain-later+2", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0,
-                                            "--later-extra-bits", 2]),
+                       ("4-plain-x3p6k2", ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", 0,
+                                           "--input-extra-bits", 3, "--plane-extra-bits", 6,
+                                           "--later-extra-bits", 2]),
                        ("4-lossless", ["--bits", 4, "--finetune-epochs", 4, "--lossless"]),
                        ("4-trained",
                         ["--bits", 4, "--finetune-epochs", 0, "--qat-epochs", TRAINED]),
@@ -137,33 +138,40 @@ def test_tri_planes_and_the_input_layer_get_more_bits_than_the_file(run, packed)
     assert steps > quantization.max_level(4)
 
 
-def test_later_kernels_get_the_bits_asked_for_and_the_file_records_them(run, packed):
-    """--later-extra-bits gives the Dense kernels after the first more bits than the file's,
-    the file records it, and its decode holds them so."""
+def test_extra_bits_flags_give_each_tensor_the_bits_asked_for_and_the_file_records_them(
+        run, packed):
+    """--input-extra-bits, --plane-extra-bits and --later-extra-bits set the bits beyond the
+    file's of the first Dense kernel, the tri-planes and the kernels after the first: each
+    decoded tensor holds exactly those bits (quantized again at them it is unchanged, at one
+    fewer it is not), the file records them and prints them."""
     fine = vox_tf.load(run[0]).fine
-    later = quantization.ExtraBits(later_kernels=2)
+    asked = quantization.ExtraBits(input_layer=3, planes=6, later_kernels=2)
+    assert asked.name == "x3p6k2"
     kernels = [layer.kernel.path for layer in quantization.dense_layers(fine)]
+    planes = fine.get_layer("triplane").planes.path
     assert len(kernels) == 3
-    assert quantization.weight_bits(fine, 4, later) == [
-        b + 2 * (w.path in kernels[1:]) for w, b in zip(fine.weights, quantization.weight_bits(fine, 4))]
-    plain, wider = (vox_tf.load(packed[name]) for name in ("4-plain", "4-plain-later+2"))
-    assert plain.metrics["later_kernel_extra_bits"] == 0
-    assert wider.metrics["later_kernel_extra_bits"] == 2
-    assert "later kernels +2" in packed["4-plain-later+2 stdout"]
-    levels = 2 * quantization.max_level(4) + 1
+    assert quantization.weight_bits(fine, 4, asked) == [
+        b + (6 - 4) * (w.path == planes) + (3 - 2) * (w.path == kernels[0])
+        + 2 * (w.path in kernels[1:])
+        for w, b in zip(fine.weights, quantization.weight_bits(fine, 4))]
 
-    def most_values_in_a_column(model, path):
-        kernel = next(np.asarray(w) for w in model.fine.weights if w.path == path)
-        return max(len(np.unique(column)) for column in kernel.T)
+    def held_bits(weights):
+        return next(b for b in range(2, 17)
+                    if np.array_equal(quantization.quantize(weights, b).dequantize(), weights))
 
-    for path in kernels[1:]:
-        assert most_values_in_a_column(plain, path) <= levels
-        assert most_values_in_a_column(wider, path) > levels
-    # the other weights are as in the plain file
-    for a, b in zip(plain.fine.weights, wider.fine.weights):
-        if a.path not in kernels[1:]:
-            assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert packed["4-plain-later+2"].stat().st_size > packed["4-plain"].stat().st_size
+    for name, extra in (("4-plain", quantization.DEFAULT_EXTRA_BITS), ("4-plain-x3p6k2", asked)):
+        model = vox_tf.load(packed[name])
+        assert (model.metrics["input_layer_extra_bits"], model.metrics["plane_extra_bits"],
+                model.metrics["later_kernel_extra_bits"]) == (
+                    extra.input_layer, extra.planes, extra.later_kernels)
+        expected = dict(zip((w.path for w in fine.weights),
+                            quantization.weight_bits(fine, 4, extra)))
+        for weight in model.fine.weights:
+            if weight.path in kernels or weight.path == planes:
+                assert held_bits(np.asarray(weight)) == expected[weight.path], weight.path
+    assert ("first layer +3 bits, tri-planes +6, later kernels +2"
+            in packed["4-plain-x3p6k2 stdout"])
+    assert packed["4-plain-x3p6k2"].stat().st_size > packed["4-plain"].stat().st_size
 
 
 @pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])

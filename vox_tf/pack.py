@@ -11,8 +11,10 @@ fine-tuning alone loses at most QAT_SKIP_POINTS), fine-tuned for --finetune-epoc
 weights in RUN_DIR/quantized/ so that packing again (say with --lossless) reuses them; then
 written with vox_tf.packed_model beside the coarse net's occupancy grid. --lossless adds the
 voxels the file still gets wrong (vox_tf.lossless) so it decodes to exactly the input grid; it
-is packed with each of LOSSLESS_EXTRA_BITS and the smallest file kept. --later-extra-bits gives
-the Dense kernels after the first more bits than --bits (LATER_EXTRA_BITS). The ground truth is the
+is packed with each of LOSSLESS_EXTRA_BITS and the smallest file kept. --input-extra-bits,
+--plane-extra-bits and --later-extra-bits set the bits beyond --bits of the first Dense kernel,
+the tri-plane lattices and the Dense kernels after the first (EXTRA_BITS_CHOICES), in place of
+the defaults (and in each of LOSSLESS_EXTRA_BITS). The ground truth is the
 run's voxels.npz (or --voxel for runs older than it). Every figure printed is measured on the
 file as written, decoded back.
 """
@@ -62,10 +64,11 @@ on thingi32_92763 (14,158 -> 13,671); the lossy default +2/+4 on none, nor +0/+2
 92763 14,911) or +1/+3 (92763 14,379). Part of it is the fine-tuning's draw: 92763's residual
 is 1,491 bytes at +0/+4 and 2,247 at +0/+3. With learned rounding (30 epochs): +1/+4 on four,
 +0/+3 on three, +0/+4 on TShirtNoCoat; at 128^3 (runs/real128, 4 bits) +0/+3 on six of seven."""
-LATER_EXTRA_BITS = (0, 1, 2)
-"""What --later-extra-bits takes: bits beyond --bits for the Dense kernels after the first
-(vox_tf.quantization.ExtraBits.later_kernels). None by default, since most nets hold 4 bits
-without them; where a wide net does not, the kernel after the first is what loses (one tensor
+EXTRA_BITS_CHOICES = range(7)
+"""What --input-extra-bits, --plane-extra-bits and --later-extra-bits take: bits beyond --bits
+for the first Dense kernel, the tri-plane lattices and the Dense kernels after the first
+(vox_tf.quantization.ExtraBits; by default DEFAULT_EXTRA_BITS'). The later kernels get none
+by default, since most nets hold 4 bits without them; where a wide net does not, the kernel after the first is what loses (one tensor
 at 4 bits alone, no training: 7,956-26,256 wrong voxels on the three 256^3 seed grids whose
 4-bit file lost more than 0.1 point, as many at 192 wide as at 128). The whole net plainly
 quantized at a 4-bit file's bits, then with +1 / +2 for the later kernels:
@@ -73,7 +76,14 @@ mgn10_125611494287978_ShirtNoCoat 160:relu x3 11,670 -> 5,171 / 2,731 wrong voxe
 mgn10_125611504997669_LongCoat 192:relu x3 16,320 -> 6,264 / 2,566, thingi32_441708 192:relu
 x3 39,163 -> 20,471 / 12,066 (the nets whose 4-bit files held started from 6,356-9,766). At +2 the
 default 4-bit files lose 0.011 point on 494287978 (44,004 B; 31,619 without, -0.842) and none
-on LongCoat (60,744 B)."""
+on LongCoat (60,744 B). thingi32_441708 needs more for the other two as well (its tri-planes
+alone at a 4-bit file's 8 bits: 5,263 wrong voxels): with the later kernels at +2, the planes
+at +5 / +6 / +8 leave 8,734 / 7,794 / 7,457, and the first kernel at +3 with the planes at +6
+5,468."""
+
+FLAG_NAMES = {"input_layer": "input-extra-bits", "planes": "plane-extra-bits",
+              "later_kernels": "later-extra-bits"}
+"""The flag that sets each field of vox_tf.quantization.ExtraBits."""
 
 
 def model_dir(run_dir):
@@ -105,7 +115,7 @@ def ground_truth(directory, voxel_path=None):
 
 
 def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_path=None,
-             qat_epochs=None, later_extra_bits=0):
+             qat_epochs=None, extra_bits=None):
     """Packs a run's model; returns (file bytes, sizes dict, ground truth VoxelGrid or None).
 
     Args:
@@ -118,8 +128,9 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         qat_epochs: epochs of training the fine net at its levels before the fine-tuning
             (None: qat_epochs_for the run unless the fine-tuning alone loses at most
             QAT_SKIP_POINTS, LOSSLESS_QAT_EPOCHS when lossless, 0 without voxels).
-        later_extra_bits: bits beyond ``bits`` for the Dense kernels after the first
-            (vox_tf.quantization.ExtraBits.later_kernels), recorded in the file.
+        extra_bits: {field: bits} of vox_tf.quantization.ExtraBits to set in place of
+            DEFAULT_EXTRA_BITS' (lossy) or in each of LOSSLESS_EXTRA_BITS (lossless); the file
+            records the ones it was written with.
     Returns:
         (bytes, sizes as vox_tf.packed_model.pack gives plus residual_list /
         residual_probabilities when lossless, float32_iou (the run's float32 model's IoU as
@@ -128,6 +139,7 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
 
     Example:
         >>> blob, sizes, truth = pack_run("runs/demo", bits=4, lossless_mode=True)
+        >>> blob, sizes, truth = pack_run("runs/demo", bits=4, extra_bits={"later_kernels": 2})
     """
     directory = model_dir(run_dir)
     try:
@@ -138,8 +150,9 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
         print(f"note: {err}; packing without fine-tuning", file=sys.stderr)
         voxels, finetune_epochs, qat_epochs = None, 0, 0
     epochs = FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
+    given = extra_bits or {}
     if not lossless_mode:
-        extra = replace(DEFAULT_EXTRA_BITS, later_kernels=later_extra_bits)
+        extra = replace(DEFAULT_EXTRA_BITS, **given)
         if qat_epochs is None and QAT_MAX_EPOCHS[bits]:
             reconstructor = _trained_where_it_helps(directory, bits, epochs, voxels, extra)
         else:
@@ -150,7 +163,8 @@ def pack_run(run_dir, bits=8, lossless_mode=False, finetune_epochs=None, voxel_p
     if qat_epochs is None:
         qat_epochs = LOSSLESS_QAT_EPOCHS
     truth = voxels.dense()
-    widths = [replace(extra, later_kernels=later_extra_bits) for extra in LOSSLESS_EXTRA_BITS]
+    # what is given holds in every width tried; those it makes alike are packed once
+    widths = dict.fromkeys(replace(extra, **given) for extra in LOSSLESS_EXTRA_BITS)
     files = [_lossless_file(finetuned(directory, bits, epochs, voxels, extra, qat_epochs), bits,
                             extra, truth)
              for extra in widths]
@@ -250,9 +264,15 @@ def _parser():
                         f"(default {defaults}; none at other bits, nor where the fine-tuning "
                         f"alone loses at most {QAT_SKIP_POINTS} IoU points; with --lossless: "
                         f"{LOSSLESS_QAT_EPOCHS})")
-    p.add_argument("--later-extra-bits", type=int, choices=LATER_EXTRA_BITS, default=0,
-                   help="bits beyond --bits for the Dense kernels after the first (default 0); "
-                        "recorded in the file")
+    for field, what in (("input_layer", "the first Dense kernel"),
+                        ("planes", "the tri-plane lattices"),
+                        ("later_kernels", "the Dense kernels after the first")):
+        tried = sorted({getattr(extra, field) for extra in LOSSLESS_EXTRA_BITS})
+        p.add_argument(f"--{FLAG_NAMES[field]}", type=int, choices=EXTRA_BITS_CHOICES,
+                       default=None,
+                       help=f"bits beyond --bits for {what} (default "
+                            f"{getattr(DEFAULT_EXTRA_BITS, field)}; --lossless tries "
+                            f"{' and '.join(map(str, tried))}); recorded in the file")
     p.add_argument("--voxel", type=Path, help="the input grid, for runs without voxels.npz")
     return p
 
@@ -266,9 +286,11 @@ def main(argv=None) -> int:
                             ("--qat-epochs", args.qat_epochs)):
             if value is not None and value < 0:
                 raise MeshError(args.run_dir, f"{flag} must be >= 0")
+        given = {field: getattr(args, flag.replace("-", "_"))
+                 for field, flag in FLAG_NAMES.items()}
         blob, sizes, voxels = pack_run(args.run_dir, args.bits, args.lossless,
                                        args.finetune_epochs, args.voxel, args.qat_epochs,
-                                       args.later_extra_bits)
+                                       {k: v for k, v in given.items() if v is not None})
         packed_model.write(args.output, blob)
     except MeshError as err:
         print(f"error: {err}", file=sys.stderr)
