@@ -68,9 +68,10 @@ EXTRA_BITS_CHOICES = range(7)
 """What --input-extra-bits, --plane-extra-bits and --later-extra-bits take: bits beyond --bits
 for the first Dense kernel, the tri-plane lattices and the Dense kernels after the first
 (vox_tf.quantization.ExtraBits; by default DEFAULT_EXTRA_BITS'). The later kernels get none
-by default, since most nets hold 4 bits without them; where a wide net does not, the kernel after the first is what loses (one tensor
-at 4 bits alone, no training: 7,956-26,256 wrong voxels on the three 256^3 seed grids whose
-4-bit file lost more than 0.1 point, as many at 192 wide as at 128). The whole net plainly
+by default, since most nets hold 4 bits without them; where a wide net does not, the kernel
+after the first is what loses (one tensor at 4 bits alone, no training: 7,956-26,256 wrong
+voxels on the three 256^3 seed grids whose 4-bit file lost more than 0.1 point, as many at 192
+wide as at 128). The whole net plainly
 quantized at a 4-bit file's bits, then with +1 / +2 for the later kernels:
 mgn10_125611494287978_ShirtNoCoat 160:relu x3 11,670 -> 5,171 / 2,731 wrong voxels,
 mgn10_125611504997669_LongCoat 192:relu x3 16,320 -> 6,264 / 2,566, thingi32_441708 192:relu
@@ -81,9 +82,10 @@ alone at a 4-bit file's 8 bits: 5,263 wrong voxels): with the later kernels at +
 at +5 / +6 / +8 leave 8,734 / 7,794 / 7,457, and the first kernel at +3 with the planes at +6
 5,468."""
 
-FLAG_NAMES = {"input_layer": "input-extra-bits", "planes": "plane-extra-bits",
-              "later_kernels": "later-extra-bits"}
-"""The flag that sets each field of vox_tf.quantization.ExtraBits."""
+EXTRA_BITS_FLAGS = {"input_layer": ("--input-extra-bits", "the first Dense kernel"),
+                    "planes": ("--plane-extra-bits", "the tri-plane lattices"),
+                    "later_kernels": ("--later-extra-bits", "the Dense kernels after the first")}
+"""The flag that sets each field of vox_tf.quantization.ExtraBits, and what it gives bits to."""
 
 
 def model_dir(run_dir):
@@ -264,12 +266,9 @@ def _parser():
                         f"(default {defaults}; none at other bits, nor where the fine-tuning "
                         f"alone loses at most {QAT_SKIP_POINTS} IoU points; with --lossless: "
                         f"{LOSSLESS_QAT_EPOCHS})")
-    for field, what in (("input_layer", "the first Dense kernel"),
-                        ("planes", "the tri-plane lattices"),
-                        ("later_kernels", "the Dense kernels after the first")):
+    for field, (flag, what) in EXTRA_BITS_FLAGS.items():
         tried = sorted({getattr(extra, field) for extra in LOSSLESS_EXTRA_BITS})
-        p.add_argument(f"--{FLAG_NAMES[field]}", type=int, choices=EXTRA_BITS_CHOICES,
-                       default=None,
+        p.add_argument(flag, dest=field, type=int, choices=EXTRA_BITS_CHOICES, default=None,
                        help=f"bits beyond --bits for {what} (default "
                             f"{getattr(DEFAULT_EXTRA_BITS, field)}; --lossless tries "
                             f"{' and '.join(map(str, tried))}); recorded in the file")
@@ -286,11 +285,10 @@ def main(argv=None) -> int:
                             ("--qat-epochs", args.qat_epochs)):
             if value is not None and value < 0:
                 raise MeshError(args.run_dir, f"{flag} must be >= 0")
-        given = {field: getattr(args, flag.replace("-", "_"))
-                 for field, flag in FLAG_NAMES.items()}
+        given = {field: getattr(args, field) for field in EXTRA_BITS_FLAGS
+                 if getattr(args, field) is not None}
         blob, sizes, voxels = pack_run(args.run_dir, args.bits, args.lossless,
-                                       args.finetune_epochs, args.voxel, args.qat_epochs,
-                                       {k: v for k, v in given.items() if v is not None})
+                                       args.finetune_epochs, args.voxel, args.qat_epochs, given)
         packed_model.write(args.output, blob)
     except MeshError as err:
         print(f"error: {err}", file=sys.stderr)
